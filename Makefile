@@ -1,0 +1,51 @@
+# cdsfusion: `make run` serves the engine, `make test` runs every gate and test.
+# Both build .venv on a fresh machine that has Python 3.11+ and make.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.cdsfusion-installed
+TORCH_VERSION ?= 2.13.0
+# The CPU build of torch where there is no CUDA (never a multi-GB CUDA download in CI);
+# set TORCH_INDEX_URL to choose another build.
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+ifeq ($(HAS_CUDA),yes)
+TORCH_INDEX_URL ?=
+else
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+endif
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint typecheck unit clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,redis]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/cdsfusion db upgrade
+	exec $(BIN)/cdsfusion serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

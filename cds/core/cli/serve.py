@@ -1,0 +1,52 @@
+"""``cdsfusion serve``: every listener in one process."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from cds.api.app import create_app
+from cds.api.server import HttpServer
+from cds.core import migrate
+from cds.core.cli.common import load_settings
+from cds.core.runtime import Component, EngineContext, Supervisor
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option(
+    "--migrate/--no-migrate",
+    "run_migrations",
+    default=None,
+    help="Apply migrations before serving. Default: yes in embedded mode, no in production "
+    "(run `cdsfusion db upgrade` as a deployment step there).",
+)
+def serve(run_migrations: bool | None) -> None:
+    """Run every listener (HTTP, DICOM, MLLP) in one process until SIGINT/SIGTERM.
+
+    In embedded mode the scoring worker runs in the same process.
+    """
+    settings = load_settings()
+    if run_migrations if run_migrations is not None else settings.embedded:
+        migrate.upgrade(settings.database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ctx = EngineContext.build(settings)
+    try:
+        ok, detail = ctx.database_ready()
+        if not ok:
+            raise click.ClickException(f"database not ready: {detail}")
+        components: list[Component] = [
+            HttpServer(
+                create_app(ctx),
+                host=settings.bind_host,
+                port=settings.http_port,
+                shutdown_timeout_s=settings.shutdown_timeout_s,
+            )
+        ]
+        logger.info("mode %s, database %s", settings.mode.value, ctx.engine.url.get_backend_name())
+        code = Supervisor(components).run()
+    finally:
+        ctx.close()
+    raise SystemExit(code)

@@ -1,0 +1,1 @@
+"""The patient-timeline database: one SQLAlchemy metadata, SQLite or PostgreSQL."""

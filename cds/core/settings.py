@@ -1,0 +1,137 @@
+"""The one settings object of the engine.
+
+Every setting is an environment variable with the ``CDSFUSION_`` prefix (names fixed in
+``shared/CONTRACT.md`` and documented in README). The object is built once, in the entry
+point, and passed down; nothing reads the environment at import time.
+
+Two modes:
+
+* ``embedded`` (default): one process, SQLite file, in-process worker, listeners bound to
+  loopback. Development and demos.
+* ``production``: PostgreSQL, a Celery broker, listeners on all interfaces. The engine
+  refuses to start with a default secret in this mode (:meth:`Settings.check_startable`).
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cds.core.errors import ConfigurationError
+
+#: The development secret shipped with the code. Fine on a laptop, refused in production.
+DEFAULT_SECRET_KEY = "cdsfusion-embedded-development-secret"  # noqa: S105 - refused in production
+
+
+class Mode(enum.StrEnum):
+    """How the engine is deployed."""
+
+    EMBEDDED = "embedded"
+    PRODUCTION = "production"
+
+
+class DicomDuplicatePolicy(enum.StrEnum):
+    """What to do when a SOPInstanceUID arrives again with different bytes."""
+
+    KEEP_NEWEST = "keep-newest"
+    REJECT = "reject"
+
+
+class Settings(BaseSettings):
+    """Engine settings; each field is ``CDSFUSION_<FIELD NAME IN CAPITALS>``.
+
+    Attributes:
+        mode: ``embedded`` or ``production``. Defaults to ``embedded``.
+        database_url: SQLAlchemy URL of the timeline database. Defaults to a SQLite file
+            ``var/cdsfusion.db``.
+        broker_url: Celery broker URL. ``None`` (default) runs jobs in-process.
+        data_dir: where received DICOM files and the embedded database live. Defaults to
+            ``var/``.
+        http_host: interface of the HTTP listener. Defaults to loopback in embedded mode and
+            all interfaces in production.
+        http_port: HTTP listener port (CDS Hooks, FHIR, audit pages, health). Defaults to 8080.
+        dicom_port: DICOM SCP port; 0 disables the listener. Defaults to 11112.
+        dicom_ae_title: the SCP's AE title. Defaults to ``CDSFUSION``.
+        mllp_port: HL7v2 MLLP listener port; 0 disables it. Defaults to 2575.
+        fhir_server_url: the EHR's FHIR base URL. Unset (default) keeps results local.
+        secret_key: signs review-page sessions and CSRF tokens.
+        log_level: root log level. Defaults to ``INFO``.
+        log_format: ``text`` or ``json``. Defaults to ``text``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="CDSFUSION_",
+        env_file=None,
+        extra="ignore",
+        frozen=True,
+    )
+
+    mode: Mode = Mode.EMBEDDED
+    database_url: str = "sqlite:///var/cdsfusion.db"
+    broker_url: str | None = None
+    data_dir: Path = Path("var")
+
+    http_host: str | None = None
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    dicom_port: int = Field(default=11112, ge=0, le=65535)
+    dicom_ae_title: str = Field(default="CDSFUSION", min_length=1, max_length=16)
+    mllp_port: int = Field(default=2575, ge=0, le=65535)
+
+    fhir_server_url: str | None = None
+    fhir_bearer_token: SecretStr | None = None
+
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+
+    db_pool_size: int = Field(default=10, ge=1)
+    log_level: str = "INFO"
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _ae_title_is_valid(cls, value: str) -> str:
+        """PS3.5 §6.2: an AE title is 1-16 characters of the default repertoire, no backslash."""
+        stripped = value.strip()
+        if not stripped or "\\" in stripped or not stripped.isprintable():
+            raise ValueError("AE title must be 1-16 printable characters without backslash")
+        return stripped
+
+    @field_validator("broker_url", "fhir_server_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def embedded(self) -> bool:
+        """True in the one-process development mode."""
+        return self.mode is Mode.EMBEDDED
+
+    @property
+    def bind_host(self) -> str:
+        """Interface for every listener: loopback when embedded unless told otherwise."""
+        if self.http_host:
+            return self.http_host
+        return "127.0.0.1" if self.embedded else "0.0.0.0"  # noqa: S104 - production listens
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def check_startable(self) -> None:
+        """Refuse configurations that must never run in production.
+
+        Raises:
+            ConfigurationError: production mode with the shipped secret, or with SQLite.
+        """
+        if self.embedded:
+            return
+        if self.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+            raise ConfigurationError(
+                "CDSFUSION_SECRET_KEY still has its development default; "
+                "set a random secret before starting in production mode"
+            )
+        if len(self.secret_key.get_secret_value()) < 32:
+            raise ConfigurationError("CDSFUSION_SECRET_KEY must be at least 32 characters")

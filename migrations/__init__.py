@@ -1,0 +1,1 @@
+"""Alembic migrations of the one cdsfusion metadata (see :mod:`cds.core.db.models`)."""

@@ -1,0 +1,101 @@
+"""``cdsfusion serve`` as a real process: health, readiness, clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CLI = str(Path(sys.executable).with_name("cdsfusion"))
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDSFUSION_")}
+    env.update(
+        CDSFUSION_DATA_DIR=str(tmp_path / "var"),
+        CDSFUSION_DATABASE_URL=f"sqlite:///{tmp_path / 'var' / 'cdsfusion.db'}",
+        CDSFUSION_HTTP_PORT=str(free_port()),
+        CDSFUSION_DICOM_PORT=str(free_port()),
+        CDSFUSION_MLLP_PORT=str(free_port()),
+    )
+    env.update(extra)
+    return env
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("serve did not become healthy")
+
+
+def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    base = f"http://127.0.0.1:{env['CDSFUSION_HTTP_PORT']}"
+    proc = subprocess.Popen([CLI, "serve"], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        _wait_healthy(base, proc)
+        assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["database"]["ok"] is True
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'cdsfusion_http_requests_total{method="GET",route="/readyz",status="200"}' in metrics
+        assert httpx.get(f"{base}/openapi.json").status_code == 200
+        missing = httpx.get(f"{base}/fhir/Nothing/here")
+        assert missing.status_code == 404
+        assert missing.json()["resourceType"] == "OperationOutcome"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr.decode()
+    assert b"stopped http" in stderr
+
+
+def test_sigint_stops_cleanly_too(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    proc = subprocess.Popen([CLI, "serve"], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    _wait_healthy(f"http://127.0.0.1:{env['CDSFUSION_HTTP_PORT']}", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_production_mode_refuses_the_default_secret(tmp_path: Path) -> None:
+    env = _env(tmp_path, CDSFUSION_MODE="production")
+    result = subprocess.run(
+        [CLI, "serve"], env=env, cwd=tmp_path, capture_output=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert b"CDSFUSION_SECRET_KEY" in result.stderr
+
+
+def test_not_ready_when_schema_is_behind(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    result = subprocess.run(
+        [CLI, "serve", "--no-migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert b"cdsfusion db upgrade" in result.stderr

@@ -1,0 +1,1 @@
+"""Celery app and scoring tasks: bundle id in, prediction row out."""
