@@ -24,7 +24,9 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
+	@# torch alone from the chosen index (its dependencies come from the default index below,
+	@# so an unreachable extra index costs one lookup, not one per dependency).
+	$(BIN)/python -m pip install --quiet --no-deps $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install --quiet -e ".[dev,redis]"
 	@touch $(STAMP)
 

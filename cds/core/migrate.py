@@ -28,8 +28,8 @@ def alembic_config(database_url: str, *, connection: Connection | None = None) -
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Apply migrations up to ``revision`` (default head)."""
+def upgrade(database_url: str, revision: str = "heads") -> None:
+    """Apply migrations up to ``revision`` (default: every head)."""
     command.upgrade(alembic_config(database_url), revision)
 
 
@@ -40,12 +40,13 @@ def downgrade(database_url: str, revision: str) -> None:
 
 @cache
 def head_revision() -> str | None:
-    """The newest revision shipped with this code."""
+    """The newest revision(s) shipped with this code, comma-joined when branches exist."""
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    return script.get_current_head()
+    return ",".join(sorted(script.get_heads())) or None
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, or ``None`` when never migrated."""
+    """The revision(s) the database is at, or ``None`` when never migrated."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        heads = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(heads)) or None

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
 
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
 
+    # --- DICOM connector (connectors/dicom) ---
+
+    # --- EHR feeds: FHIR subscriptions and HL7v2 (connectors/fhir, connectors/hl7) ---
+
+    # --- pipeline, worker and outputs ---
+
     db_pool_size: int = Field(default=10, ge=1)
     log_level: str = "INFO"
     log_format: str = Field(default="text", pattern="^(text|json)$")

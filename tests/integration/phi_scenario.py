@@ -15,12 +15,12 @@ from cds.api.app import create_app
 from cds.core import migrate
 from cds.core.clinical import EventIn, IdentifierIn, ItemIn, SourceItemIn
 from cds.core.db.models import EventKind, Protocol
+from cds.core.db.session import transaction
 from cds.core.errors import ConflictError
 from cds.core.logging_setup import configure_logging
 from cds.core.repository.ingest import ingest_item
 from cds.core.repository.patients import merge_patients
 from cds.core.runtime import EngineContext
-from cds.core.db.session import transaction
 from cds.core.settings import Settings
 
 T0 = dt.datetime(2026, 5, 4, 10, 0, tzinfo=dt.UTC)
@@ -76,7 +76,8 @@ def main(url: str, name: str, mrn: str) -> None:
         logging.getLogger("phi_scenario").exception("conflict while ingesting")
     with transaction(factory) as session:
         second = ingest_item(
-            session=session, item=_item("PHI0002", _adt("PHI0002", name, mrn + "9"), name, mrn + "9")
+            session=session,
+            item=_item("PHI0002", _adt("PHI0002", name, mrn + "9"), name, mrn + "9"),
         )
         assert first.patient_id and second.patient_id
         merge_patients(

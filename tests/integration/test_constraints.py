@@ -229,3 +229,21 @@ def test_audit_chain_detects_a_tampered_row(session: Session) -> None:
     report = verify_chain(session=session)
     assert not report.ok
     assert report.first_bad_id == target
+
+
+def test_ingest_announces_events_on_the_outbox_once(session: Session) -> None:
+    from cds.core.db.models import OutboxMessage
+    from cds.core.repository.outbox import TOPIC_TIMELINE
+
+    item = ItemIn(
+        source=_source("MSG0100", b"ob"),
+        identifiers=(IdentifierIn("HOSP", "MRN-2002"),),
+        events=(_lab("hl7|LAB^HOSP|ORD9|OBX1", 4.2),),
+    )
+    result = ingest_item(session=session, item=item)
+    ingest_item(session=session, item=item)  # duplicate: no second announcement
+    messages = list(session.scalars(select(OutboxMessage)))
+    assert len(messages) == 1
+    assert messages[0].topic == TOPIC_TIMELINE
+    assert messages[0].payload["event_ids"] == [str(result.event_ids[0])]
+    assert messages[0].aggregate_id == result.patient_id

@@ -15,12 +15,12 @@ def db() -> None:
 
 
 @db.command()
-@click.argument("revision", default="head")
+@click.argument("revision", default="heads")
 def upgrade(revision: str) -> None:
-    """Upgrade the database to REVISION (default: head)."""
+    """Upgrade the database to REVISION (default: the newest)."""
     settings = load_settings()
     migrate.upgrade(settings.database_url, revision)
-    click.echo(f"database at {revision}")
+    click.echo(f"database at {migrate.head_revision() if revision == 'heads' else revision}")
 
 
 @db.command()

@@ -6,13 +6,25 @@ import logging
 
 import click
 
-from cds.api.app import create_app
+from cds.api.app import RouterInstaller, create_app
 from cds.api.server import HttpServer
 from cds.core import migrate
 from cds.core.cli.common import load_settings
 from cds.core.runtime import Component, EngineContext, Supervisor
 
 logger = logging.getLogger(__name__)
+
+
+def http_installers() -> list[RouterInstaller]:
+    """Routers mounted on the HTTP app besides health and metrics (FHIR, CDS Hooks, ...)."""
+    installers: list[RouterInstaller] = []
+    return installers
+
+
+def listeners(ctx: EngineContext) -> list[Component]:
+    """The protocol listeners of this process (DICOM SCP, MLLP), each enabled by its port."""
+    found: list[Component] = []
+    return found
 
 
 @click.command()
@@ -39,11 +51,12 @@ def serve(run_migrations: bool | None) -> None:
             raise click.ClickException(f"database not ready: {detail}")
         components: list[Component] = [
             HttpServer(
-                create_app(ctx),
+                create_app(ctx, installers=http_installers()),
                 host=settings.bind_host,
                 port=settings.http_port,
                 shutdown_timeout_s=settings.shutdown_timeout_s,
-            )
+            ),
+            *listeners(ctx),
         ]
         logger.info("mode %s, database %s", settings.mode.value, ctx.engine.url.get_backend_name())
         code = Supervisor(components).run()

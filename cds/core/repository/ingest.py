@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from cds.core.clinical import EventIn, IdentifierIn, ItemIn
 from cds.core.db.models import EventStatus, SourceItem, TimelineEvent
 from cds.core.errors import ConflictError
+from cds.core.repository.outbox import announce_events
 from cds.core.repository.patients import (
     attach_held_items,
     canonical_system,
@@ -96,6 +97,13 @@ def ingest_item(
         for event in item.events
     )
     session.flush()
+    if patient_id is not None:
+        announce_events(
+            session=session,
+            patient_id=patient_id,
+            event_ids=event_ids,
+            dedup_key=f"timeline|{row.id}",
+        )
     logger.info(
         "ingested %s item %s: %d events%s",
         src.protocol.value,

@@ -19,6 +19,7 @@ from cds.core.db.models import (
     SourceItem,
     TimelineEvent,
 )
+from cds.core.repository.outbox import announce_events
 
 #: Identifier system used when a source names no issuer (DICOM without IssuerOfPatientID,
 #: PID-3 without assigning authority). Configure an issuer mapping to avoid it in production.
@@ -138,6 +139,8 @@ def _add_missing_identifiers(
 def attach_held_items(*, session: Session, patient_id: uuid.UUID, patient_ref: str) -> int:
     """Attach items held under ``patient_ref`` (and their events) to ``patient_id``.
 
+    The attached events are announced on the outbox like freshly ingested ones.
+
     Returns:
         the number of source items attached.
     """
@@ -158,6 +161,16 @@ def attach_held_items(*, session: Session, patient_id: uuid.UUID, patient_ref: s
         .where(TimelineEvent.source_item_id.in_(held_ids))
         .values(patient_id=patient_id)
     )
+    for item_id in held_ids:
+        event_ids = list(
+            session.scalars(select(TimelineEvent.id).where(TimelineEvent.source_item_id == item_id))
+        )
+        announce_events(
+            session=session,
+            patient_id=patient_id,
+            event_ids=event_ids,
+            dedup_key=f"timeline-attach|{item_id}",
+        )
     return len(held_ids)
 
 
