@@ -396,6 +396,7 @@ def upgrade() -> None:
         sa.Column("task_version", sa.String(length=64), nullable=False),
         sa.Column("patient_id", sa.Uuid(), nullable=False),
         sa.Column("anchor_event_id", sa.Uuid(), nullable=False),
+        sa.Column("anchor_key", sa.String(length=512), nullable=False),
         sa.Column("anchor_at", cds.core.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("window_start", cds.core.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("window_end", cds.core.db.types.UTCDateTime(timezone=True), nullable=False),
@@ -417,6 +418,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("supersedes_id", sa.Uuid(), nullable=True),
+        sa.Column("late_until", cds.core.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column(
             "missing",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -437,14 +439,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bundles")),
         sa.UniqueConstraint(
             "task_id",
-            "anchor_event_id",
+            "anchor_key",
             "version",
-            name=op.f("uq_bundles_task_id_anchor_event_id_version"),
+            name=op.f("uq_bundles_task_id_anchor_key_version"),
         ),
     )
     with op.batch_alter_table("bundles", schema=None) as batch_op:
         batch_op.create_index(
             "ix_bundles_patient_anchor_at", ["patient_id", "anchor_at"], unique=False
+        )
+        batch_op.create_index(
+            "ix_bundles_patient_late_until", ["patient_id", "late_until"], unique=False
         )
         batch_op.create_index("ix_bundles_status", ["status"], unique=False)
 
@@ -497,7 +502,9 @@ def upgrade() -> None:
             ["timeline_events.id"],
             name=op.f("fk_bundle_members_event_id_timeline_events"),
         ),
-        sa.PrimaryKeyConstraint("bundle_id", "event_id", name=op.f("pk_bundle_members")),
+        sa.PrimaryKeyConstraint(
+            "bundle_id", "event_id", "modality", name=op.f("pk_bundle_members")
+        ),
     )
     with op.batch_alter_table("bundle_members", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_bundle_members_event_id"), ["event_id"], unique=False)
@@ -615,6 +622,7 @@ def downgrade() -> None:
     op.drop_table("imaging_instances")
     with op.batch_alter_table("bundles", schema=None) as batch_op:
         batch_op.drop_index("ix_bundles_status")
+        batch_op.drop_index("ix_bundles_patient_late_until")
         batch_op.drop_index("ix_bundles_patient_anchor_at")
 
     op.drop_table("bundles")

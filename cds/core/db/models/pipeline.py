@@ -58,13 +58,21 @@ class Bundle(Base):
     """A time-windowed set of timeline events around an anchor, for one prediction task.
 
     A bundle is immutable once written; late data makes a new ``version`` that supersedes
-    the old one (``supersedes_id``).
+    the old one (``supersedes_id``). Versions are counted per task and ``anchor_key`` (the
+    anchor event's lineage), so a study reopened by late instances, whose anchor event is a
+    new version of the same lineage, also yields a new bundle version.
+
+    Attributes:
+        late_until: until when an event landing in the window makes a new version (the
+            window's end plus the task's grace period).
+        missing: required modalities that had no data (``status`` is ``insufficient``).
     """
 
     __tablename__ = "bundles"
     __table_args__ = (
-        UniqueConstraint("task_id", "anchor_event_id", "version"),
+        UniqueConstraint("task_id", "anchor_key", "version"),
         Index("ix_bundles_patient_anchor_at", "patient_id", "anchor_at"),
+        Index("ix_bundles_patient_late_until", "patient_id", "late_until"),
         Index("ix_bundles_status", "status"),
     )
 
@@ -75,6 +83,7 @@ class Bundle(Base):
     anchor_event_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("timeline_events.id"), nullable=False
     )
+    anchor_key: Mapped[str] = mapped_column(String(512), nullable=False)
     anchor_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     window_end: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
@@ -84,12 +93,13 @@ class Bundle(Base):
         str_enum(BundleStatus, "bundle_status"), nullable=False, default=BundleStatus.READY
     )
     supersedes_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("bundles.id"))
+    late_until: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
     missing: Mapped[list[str] | None] = mapped_column(JsonDocument)
     created_at: Mapped[dt.datetime] = created_at_column()
 
 
 class BundleMember(Base):
-    """One event in a bundle, with its time relative to the anchor (seconds)."""
+    """One event in one modality of a bundle, with its time relative to the anchor (seconds)."""
 
     __tablename__ = "bundle_members"
 
@@ -99,7 +109,7 @@ class BundleMember(Base):
     event_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("timeline_events.id"), primary_key=True, index=True
     )
-    modality: Mapped[str] = mapped_column(String(32), nullable=False)
+    modality: Mapped[str] = mapped_column(String(32), primary_key=True)
     relative_seconds: Mapped[float] = mapped_column(Float, nullable=False)
 
 
