@@ -32,7 +32,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-run: install
+# The bundled demo model is trained on first run (synthetic data, a few minutes on CPU).
+DEMO_MODEL ?= $(or $(CDSFUSION_MODEL_DIR),$(or $(CDSFUSION_DATA_DIR),var)/models/demo)
+
+$(DEMO_MODEL)/model.json: | $(STAMP)
+	$(BIN)/cdsfusion train --config demo --patients 3000 --output $(DEMO_MODEL)
+
+run: install $(DEMO_MODEL)/model.json
 	$(BIN)/cdsfusion db upgrade
 	exec $(BIN)/cdsfusion serve
 

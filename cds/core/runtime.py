@@ -72,7 +72,7 @@ class EngineContext:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             current = migrate.current_revision(self.engine)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any driver error means "not ready"
             return False, f"database unreachable ({type(exc).__name__})"
         head = migrate.head_revision()
         if current != head:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cds.core.errors import ConfigurationError
 
@@ -86,10 +87,76 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
 
     # --- DICOM connector (connectors/dicom) ---
+    # Documented in connectors/dicom/__init__.py; the site time zone is ``site_timezone``.
+    dicom_duplicate_policy: DicomDuplicatePolicy = DicomDuplicatePolicy.KEEP_NEWEST
+    dicom_allowed_ae_titles: Annotated[tuple[str, ...], NoDecode] = ()
+    dicom_allowed_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    dicom_tls_cert_file: Path | None = None
+    dicom_tls_key_file: Path | None = None
+    dicom_tls_ca_file: Path | None = None
+    dicom_max_associations: int = Field(default=16, ge=1, le=1024)
+    dicom_max_pdu_size: int = Field(default=262_144, ge=4096, le=16_777_216)
+    dicom_receiver_processes: int = Field(default=1, ge=1, le=64)
+    dicom_quiet_period_s: float = Field(default=30.0, gt=0)
+    dicom_study_hard_cap_s: float = Field(default=3600.0, gt=0)
+    dicom_routing_rules_file: Path | None = None
+    dicom_commitment_peers: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator(
+        "dicom_allowed_ae_titles",
+        "dicom_allowed_networks",
+        "dicom_commitment_peers",
+        mode="before",
+    )
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """``A,B , C`` from the environment becomes ``("A", "B", "C")``."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     # --- EHR feeds: FHIR subscriptions and HL7v2 (connectors/fhir, connectors/hl7) ---
+    # Documented in connectors/fhir/__init__.py and connectors/hl7/__init__.py.
+    site_timezone: str = "UTC"
+    issuer_map: dict[str, str] = Field(default_factory=dict)
+    mllp_max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    mllp_idle_timeout_s: float = Field(default=600.0, gt=0)
+    mllp_workers: int = Field(default=4, ge=1, le=64)
+    fhir_notify_max_bytes: int = Field(default=8_388_608, ge=1024)
+    fhir_notify_base_url: str | None = None
+    fhir_webhook_secret: SecretStr | None = None
+    fhir_client_id: str | None = None
+    fhir_private_key_file: Path | None = None
+    fhir_private_key_id: str | None = None
+    fhir_jwt_algorithm: str = Field(default="RS384", pattern="^(RS384|ES384)$")
+    fhir_token_url: str | None = None
+    fhir_scope: str = "system/*.read system/Subscription.write"
+    fhir_ca_bundle: Path | None = None
+    fhir_timeout_s: float = Field(default=30.0, gt=0)
+    fhir_missed_heartbeats: int = Field(default=2, ge=1)
+
+    @field_validator("site_timezone")
+    @classmethod
+    def _site_timezone_is_known(cls, value: str) -> str:
+        """An IANA zone name (``Europe/Paris``): HL7 TS and FHIR dateTime without offset."""
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
 
     # --- pipeline, worker and outputs ---
+    tasks_dir: Path | None = None
+    model_dir: Path | None = None
+    model_sha256: str | None = None
+    worker_device: str = "auto"
+    worker_batch_size: int = Field(default=32, ge=1, le=4096)
+    worker_max_wait_ms: float = Field(default=5.0, ge=0)
+    job_max_attempts: int = Field(default=5, ge=1)
+    job_lease_s: float = Field(default=120.0, gt=0)
+    job_retry_base_s: float = Field(default=2.0, gt=0)
 
     db_pool_size: int = Field(default=10, ge=1)
     log_level: str = "INFO"
@@ -121,6 +188,11 @@ class Settings(BaseSettings):
         if self.http_host:
             return self.http_host
         return "127.0.0.1" if self.embedded else "0.0.0.0"  # noqa: S104 - production listens
+
+    @property
+    def model_path(self) -> Path:
+        """The model checkpoint directory: ``model_dir``, else the demo model under data_dir."""
+        return self.model_dir or self.data_dir / "models" / "demo"
 
     @property
     def is_sqlite(self) -> bool:

@@ -318,6 +318,7 @@ def upgrade() -> None:
                 "encounter",
                 "demographics",
                 "diagnostic-report",
+                "trigger",
                 name="event_kind",
                 native_enum=False,
                 create_constraint=True,

@@ -13,10 +13,21 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.pipeline_support import tiny_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CLI = str(Path(sys.executable).with_name("cdsfusion"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def env(tmp_path: Path, model_dir: Path) -> dict[str, str]:
+    return _env(tmp_path, CDSFUSION_MODEL_DIR=str(model_dir), CDSFUSION_WORKER_DEVICE="cpu")
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -46,16 +57,34 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 60)
     raise AssertionError("serve did not become healthy")
 
 
-def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+def _wait_ready(base: str, timeout: float = 120) -> httpx.Response:
+    """Readiness comes after liveness: the model loads once HTTP is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = httpx.get(f"{base}/readyz", timeout=5)
+        if ready.status_code == 200 or time.monotonic() > deadline:
+            assert ready.status_code == 200, ready.text
+            return ready
+        assert ready.status_code == 503
+        time.sleep(0.2)
+
+
+def test_serve_answers_health_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     base = f"http://127.0.0.1:{env['CDSFUSION_HTTP_PORT']}"
     proc = subprocess.Popen([CLI, "serve"], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
     try:
         _wait_healthy(base, proc)
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
-        ready = httpx.get(f"{base}/readyz")
-        assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"]["database"]["ok"] is True
+        ready = _wait_ready(base)
+        checks = ready.json()["checks"]
+        assert checks["database"]["ok"] is True
+        assert checks["model"] == {
+            "ok": True,
+            "detail": "cdsfusion-tiny-synthetic 0.0.1-pipeline-test",
+        }
+        assert checks["outbox-relay"]["ok"] is True
         metrics = httpx.get(f"{base}/metrics").text
         assert 'cdsfusion_http_requests_total{method="GET",route="/readyz",status="200"}' in metrics
         assert httpx.get(f"{base}/openapi.json").status_code == 200
@@ -67,10 +96,19 @@ def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path: Path) -> No
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr.decode()
     assert b"stopped http" in stderr
+    assert b"stopped embedded-worker" in stderr
 
 
-def test_sigint_stops_cleanly_too(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+def test_missing_model_fails_start_up_clearly(tmp_path: Path) -> None:
+    env = _env(tmp_path, CDSFUSION_MODEL_DIR=str(tmp_path / "no-model"))
+    result = subprocess.run(
+        [CLI, "serve"], env=env, cwd=tmp_path, capture_output=True, timeout=120, check=False
+    )
+    assert result.returncode == 1
+    assert b"start-up failed" in result.stderr
+
+
+def test_sigint_stops_cleanly_too(tmp_path: Path, env: dict[str, str]) -> None:
     proc = subprocess.Popen([CLI, "serve"], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
     _wait_healthy(f"http://127.0.0.1:{env['CDSFUSION_HTTP_PORT']}", proc)
     proc.send_signal(signal.SIGINT)

@@ -8,12 +8,12 @@ from cds.core.cli.lazy import LazyGroup
 
 _LAZY = {
     "serve": "cds.core.cli.serve:serve",
-    "worker": "cds.core.cli.pending:worker",
+    "worker": "cds.core.cli.worker:worker",
     "db": "cds.core.cli.db:db",
     "audit": "cds.core.cli.audit:audit",
     "demo": "cds.core.cli.pending:demo",
-    "train": "cds.core.cli.pending:train",
-    "evaluate": "cds.core.cli.pending:evaluate",
+    "train": "fusion.cli:train_command",
+    "evaluate": "fusion.cli:evaluate_command",
     "fhir": "cds.core.cli.pending:fhir",
 }
 _SUMMARIES = {

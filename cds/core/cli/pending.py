@@ -12,30 +12,9 @@ from cds.core.cli.common import not_available
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def worker(args: tuple[str, ...]) -> None:
-    """Run a Celery scoring worker (one per GPU)."""
-    not_available("worker", "the GPU worker is being built")
-
-
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def demo(args: tuple[str, ...]) -> None:
     """Send a synthetic patient through a running engine and print the result."""
     not_available("demo", "needs the connectors, pipeline and CDS outputs")
-
-
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train(args: tuple[str, ...]) -> None:
-    """Train the fusion model."""
-    not_available("train", "the fusion model is being built")
-
-
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def evaluate(args: tuple[str, ...]) -> None:
-    """Evaluate a checkpoint: report and metrics.json."""
-    not_available("evaluate", "the fusion model is being built")
 
 
 @click.group()

@@ -10,6 +10,7 @@ from cds.api.app import RouterInstaller, create_app
 from cds.api.server import HttpServer
 from cds.core import migrate
 from cds.core.cli.common import load_settings
+from cds.core.pipeline.compose import pipeline_components
 from cds.core.runtime import Component, EngineContext, Supervisor
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def serve(run_migrations: bool | None) -> None:
                 shutdown_timeout_s=settings.shutdown_timeout_s,
             ),
             *listeners(ctx),
+            *pipeline_components(ctx),
         ]
         logger.info("mode %s, database %s", settings.mode.value, ctx.engine.url.get_backend_name())
         code = Supervisor(components).run()

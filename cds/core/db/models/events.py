@@ -24,6 +24,8 @@ class EventKind(enum.StrEnum):
     ENCOUNTER = "encounter"
     DEMOGRAPHICS = "demographics"
     DIAGNOSTIC_REPORT = "diagnostic-report"
+    #: An anchor that is not clinical data: a CDS Hooks call or a scheduled assessment.
+    TRIGGER = "trigger"
 
 
 class EventStatus(enum.StrEnum):

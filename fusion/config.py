@@ -1,0 +1,216 @@
+"""Model and training configuration, with the ``tiny``, ``demo`` and ``production`` presets.
+
+A :class:`FusionConfig` is plain data: it is stored in every checkpoint (as JSON) and
+rebuilt from there, so a checkpoint always carries the architecture it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fusion.errors import ConfigError
+from fusion.inputs import MODALITIES
+
+FUSION_KINDS: tuple[str, ...] = ("cross_attention", "early", "late", "attention_weighted")
+"""``cross_attention``: Perceiver-style latents attend to every token of every modality.
+``early``: per-modality pooled embeddings concatenated before one shared head.
+``late``: one head per modality, logits summed.
+``attention_weighted``: a softmax gate weights the pooled modality embeddings."""
+
+
+@dataclass
+class ImageConfig:
+    """The vision encoder (a transformers ViT or ConvNeXt configuration).
+
+    Attributes:
+        kind: ``vit`` or ``convnext``. Defaults to ``vit``.
+        image_size: Side of the square model input, pixels. Defaults to 32.
+        patch_size: ViT patch side, pixels. Defaults to 8.
+        hidden_size: Encoder width (ViT hidden size; last ConvNeXt stage width).
+        num_layers: ViT layers, or ConvNeXt stages. Defaults to 2.
+        num_heads: ViT attention heads. Defaults to 2.
+        pretrained_dir: A local directory with transformers weights to start from;
+            None trains from scratch. Nothing is fetched from a hub.
+    """
+
+    kind: str = "vit"
+    image_size: int = 32
+    patch_size: int = 8
+    hidden_size: int = 48
+    num_layers: int = 2
+    num_heads: int = 2
+    pretrained_dir: str | None = None
+
+
+@dataclass
+class TextConfig:
+    """The note encoder.
+
+    Attributes:
+        pretrained_dir: A local Hugging Face directory (model and tokenizer, e.g. a clinical
+            BERT); None builds a small BERT from scratch with the generated word vocabulary
+            of :mod:`fusion.text`. Loaded with ``local_files_only=True``.
+        hidden_size: Width of the from-scratch BERT. Defaults to 48.
+        num_layers: Layers of the from-scratch BERT. Defaults to 2.
+        num_heads: Attention heads of the from-scratch BERT. Defaults to 2.
+        max_tokens: Note tokens kept per patient, most recent notes first. Defaults to 48.
+    """
+
+    pretrained_dir: str | None = None
+    hidden_size: int = 48
+    num_layers: int = 2
+    num_heads: int = 2
+    max_tokens: int = 48
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: Passes over the training split. Defaults to 8.
+        batch_size: Patients per step. Defaults to 64.
+        learning_rate: AdamW learning rate. Defaults to 2e-3.
+        weight_decay: AdamW weight decay. Defaults to 0.01.
+        modality_dropout: Probability of hiding each present modality of a training
+            patient, so the model learns every missingness pattern. Defaults to 0.3.
+        seed: Seed for data order, dropout and initialisation. Defaults to 0.
+    """
+
+    epochs: int = 8
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    modality_dropout: float = 0.3
+    seed: int = 0
+
+
+@dataclass
+class FusionConfig:
+    """The whole model.
+
+    Attributes:
+        name: Model name recorded in checkpoints and predictions.
+        fusion: One of :data:`FUSION_KINDS`. Defaults to ``cross_attention``.
+        modalities: Modalities the model may use; the others are always treated as
+            missing (single-modality ablations). Defaults to all four.
+        d_model: Width of the shared token space. Defaults to 64.
+        num_heads: Heads of the fusion attention. Defaults to 4.
+        num_latents: Perceiver latents. Defaults to 8.
+        num_fusion_layers: Cross-attention + latent self-attention blocks. Defaults to 2.
+        dropout: Dropout inside the fusion blocks. Defaults to 0.1.
+        max_obs_tokens: Observation tokens kept per patient, most recent first.
+        required_modalities: Modalities without which the predictor reports
+            insufficient data (the aligner decides the policy). Defaults to none.
+        coverage: Nominal coverage of the conformal interval. Defaults to 0.9.
+        min_pattern_count: Calibration patients a missingness pattern needs for its own
+            conformal quantile; rarer patterns use the pooled quantile. Defaults to 50.
+        image, text, train: Sub-configurations.
+    """
+
+    name: str = "cdsfusion-synthetic"
+    fusion: str = "cross_attention"
+    modalities: tuple[str, ...] = MODALITIES
+    d_model: int = 64
+    num_heads: int = 4
+    num_latents: int = 8
+    num_fusion_layers: int = 2
+    dropout: float = 0.1
+    max_obs_tokens: int = 64
+    required_modalities: tuple[str, ...] = ()
+    coverage: float = 0.9
+    min_pattern_count: int = 50
+    image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        self.required_modalities = tuple(self.required_modalities)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on an invalid combination of settings."""
+        if self.fusion not in FUSION_KINDS:
+            raise ConfigError(f"fusion must be one of {FUSION_KINDS}, not {self.fusion!r}")
+        unknown = set(self.modalities) | set(self.required_modalities)
+        unknown -= set(MODALITIES)
+        if unknown:
+            raise ConfigError(f"unknown modalities {sorted(unknown)}; known: {MODALITIES}")
+        if self.image.kind not in ("vit", "convnext"):
+            raise ConfigError(f"image.kind must be vit or convnext, not {self.image.kind!r}")
+        if self.d_model % self.num_heads:
+            raise ConfigError("d_model must be a multiple of num_heads")
+        if not 0.0 < self.coverage < 1.0:
+            raise ConfigError("coverage must lie strictly between 0 and 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FusionConfig:
+        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error."""
+        data = dict(data)
+        try:
+            image = ImageConfig(**data.pop("image", {}))
+            text = TextConfig(**data.pop("text", {}))
+            train = TrainConfig(**data.pop("train", {}))
+            return cls(image=image, text=text, train=train, **data)
+        except TypeError as exc:
+            raise ConfigError(f"invalid fusion config: {exc}") from exc
+
+    def replace(self, **changes: Any) -> FusionConfig:
+        """A copy with top-level fields changed (sub-configs are copied too)."""
+        return FusionConfig.from_dict({**self.to_dict(), **changes})
+
+
+def preset(name: str) -> FusionConfig:
+    """A named configuration.
+
+    Args:
+        name: ``tiny`` (tests: seconds on CPU), ``demo`` (the shipped demo model: a few
+            minutes on 2 CPU cores) or ``production`` (ViT-Base-like image encoder and a
+            clinical BERT the operator provides in ``text.pretrained_dir``).
+
+    Returns:
+        A fresh FusionConfig.
+
+    Raises:
+        ConfigError: For an unknown name.
+    """
+    if name == "tiny":
+        return FusionConfig(
+            name="cdsfusion-tiny-synthetic",
+            d_model=32,
+            num_heads=2,
+            num_latents=4,
+            num_fusion_layers=1,
+            dropout=0.0,
+            max_obs_tokens=48,
+            image=ImageConfig(image_size=32, patch_size=8, hidden_size=32, num_layers=1),
+            text=TextConfig(hidden_size=32, num_layers=1, max_tokens=32),
+            train=TrainConfig(epochs=4, batch_size=32, learning_rate=3e-3),
+        )
+    if name == "demo":
+        return FusionConfig(name="cdsfusion-demo-synthetic")
+    if name == "production":
+        return FusionConfig(
+            name="cdsfusion",
+            d_model=256,
+            num_heads=8,
+            num_latents=32,
+            num_fusion_layers=4,
+            max_obs_tokens=256,
+            image=ImageConfig(
+                image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12
+            ),
+            text=TextConfig(hidden_size=768, num_layers=12, num_heads=12, max_tokens=512),
+            train=TrainConfig(epochs=20, batch_size=32, learning_rate=3e-4),
+        )
+    raise ConfigError(f"unknown preset {name!r}; known: tiny, demo, production")
+
+
+PRESETS: tuple[str, ...] = ("tiny", "demo", "production")

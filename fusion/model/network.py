@@ -1,0 +1,154 @@
+"""The fusion network: modality tokens + type embeddings + missing tokens -> one logit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fusion.batch import Batch
+from fusion.config import FusionConfig
+from fusion.inputs import MODALITIES
+from fusion.model.encoders import (
+    DemographicsEncoder,
+    ImageEncoder,
+    NoteEncoder,
+    ObservationEncoder,
+    TimeEncoding,
+)
+from fusion.model.heads import (
+    N_GROUPS,
+    AttentionWeightedHead,
+    EarlyHead,
+    LateHead,
+    PerceiverHead,
+)
+
+GROUP_IMAGE, GROUP_NOTES, GROUP_LABS, GROUP_VITALS, GROUP_DEMOGRAPHICS = range(N_GROUPS)
+
+
+@dataclass
+class Captured:
+    """Inputs of the attribution maps, kept when ``FusionModel.forward(capture=True)``.
+
+    Attributes:
+        note_embeds: (B, Ln, width) word embeddings (with ``retain_grad``), or None.
+        obs_tokens: (B, Lo, d_model) observation tokens (with ``retain_grad``).
+        demo_tokens: (B, 2, d_model) demographics tokens (with ``retain_grad``).
+    """
+
+    note_embeds: torch.Tensor | None
+    obs_tokens: torch.Tensor
+    demo_tokens: torch.Tensor
+
+
+class FusionModel(nn.Module):
+    """Token-level multimodal fusion, honest under missing data.
+
+    Each modality becomes tokens (image patches, note word pieces, one token per
+    observation, two demographics tokens); each token gets its modality-type embedding.
+    A modality that is absent contributes one learned missing token instead, so the fusion
+    attention always has something to attend to. The fusion head is chosen by
+    ``config.fusion``.
+
+    Args:
+        config: Architecture.
+        n_codes: Size of the observation code table (from the Featurizer).
+        vocab_size: Note vocabulary size (from the Featurizer).
+    """
+
+    def __init__(self, config: FusionConfig, n_codes: int, vocab_size: int) -> None:
+        super().__init__()
+        d = config.d_model
+        self.config = config
+        self.image = ImageEncoder(config.image, d)
+        self.notes = NoteEncoder(config.text, vocab_size, d)
+        self.note_time = TimeEncoding(d)
+        self.observations = ObservationEncoder(n_codes, d)
+        self.demographics = DemographicsEncoder(d)
+        self.modality_type = nn.Embedding(N_GROUPS, d)
+        self.missing = nn.Parameter(torch.randn(N_GROUPS, d) * 0.02)
+        self.head: nn.Module
+        if config.fusion == "cross_attention":
+            self.head = PerceiverHead(
+                d, config.num_heads, config.num_latents, config.num_fusion_layers, config.dropout
+            )
+        elif config.fusion == "early":
+            self.head = EarlyHead(d, config.dropout)
+        elif config.fusion == "late":
+            self.head = LateHead(d, config.dropout)
+        else:
+            self.head = AttentionWeightedHead(d, config.dropout)
+
+    def restrict(self, batch: Batch) -> Batch:
+        """The batch with every modality outside ``config.modalities`` hidden."""
+        if set(self.config.modalities) == set(MODALITIES):
+            return batch
+        return batch.keep_only(self.config.modalities)
+
+    def forward(
+        self, batch: Batch, *, capture: bool = False
+    ) -> tuple[torch.Tensor, Captured | None]:
+        """Logits for a batch.
+
+        Args:
+            batch: Padded inputs (see :class:`fusion.batch.Batch`). Set
+                ``batch.image.requires_grad_()`` before the call for an image heatmap.
+            capture: Keep the attribution inputs (see :class:`Captured`).
+
+        Returns:
+            (logits (B,), captured or None).
+        """
+        batch = self.restrict(batch)
+        n, d = batch.size, self.config.d_model
+        parts: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        groups: list[torch.Tensor] = []
+
+        def add(tokens: torch.Tensor, mask: torch.Tensor, group: torch.Tensor | int) -> None:
+            if isinstance(group, int):
+                group = torch.full(mask.shape, group, dtype=torch.long, device=mask.device)
+            parts.append(tokens + self.modality_type(group))
+            masks.append(mask)
+            groups.append(group)
+
+        image_rows = batch.image_present.nonzero().squeeze(1)
+        if len(image_rows):
+            encoded = self.image(batch.image[image_rows])
+            image_tokens = encoded.new_zeros((n, encoded.shape[1], d))
+            image_tokens[image_rows] = encoded
+            image_mask = batch.image_present.unsqueeze(1).expand(n, encoded.shape[1])
+            add(image_tokens, image_mask, GROUP_IMAGE)
+
+        presence = batch.presence()
+        note_embeds = None
+        note_rows = presence[:, 1].nonzero().squeeze(1)
+        if len(note_rows):
+            note_embeds = self.notes.embed(batch.note_ids)
+            if capture:
+                note_embeds.retain_grad()
+            encoded = self.notes(note_embeds[note_rows], batch.note_mask[note_rows])
+            note_tokens = encoded.new_zeros((n, encoded.shape[1], d))
+            note_tokens[note_rows] = encoded
+            note_tokens = note_tokens + self.note_time(batch.note_times)
+            add(note_tokens, batch.note_mask, GROUP_NOTES)
+
+        obs_tokens = self.observations.embed(batch.obs_codes, batch.obs_values, batch.obs_times)
+        demo_tokens = self.demographics(batch.age_z, batch.age_known, batch.sex)
+        if capture:
+            obs_tokens.retain_grad()
+            demo_tokens.retain_grad()
+        add(obs_tokens, batch.obs_mask, GROUP_LABS + batch.obs_category)
+        demo_mask = batch.demographics_present.unsqueeze(1).expand(n, 2)
+        add(demo_tokens, demo_mask, GROUP_DEMOGRAPHICS)
+
+        present = torch.cat([presence, batch.demographics_present.unsqueeze(1)], dim=1)
+        all_groups = torch.arange(N_GROUPS, device=present.device).expand(n, N_GROUPS)
+        add(self.missing.unsqueeze(0).expand(n, -1, -1), ~present, all_groups)
+
+        tokens = torch.cat(parts, dim=1)
+        mask = torch.cat(masks, dim=1)
+        logits: torch.Tensor = self.head(tokens, mask, torch.cat(groups, dim=1))
+        captured = Captured(note_embeds, obs_tokens, demo_tokens) if capture else None
+        return logits, captured

@@ -1,0 +1,168 @@
+"""Training on the synthetic cohort, end to end: cohort -> splits -> fit -> calibrate -> save.
+
+Splits of the training cohort (by a seeded permutation): 70% training, 10% validation
+(best epoch), 20% calibration (temperature and conformal quantiles). Evaluation uses a
+separate cohort drawn with another seed (:mod:`fusion.evaluation`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusion.checkpoint import default_model_card, save_checkpoint
+from fusion.config import FusionConfig
+from fusion.features import EncodedBundle, Featurizer
+from fusion.metrics import auroc, brier
+from fusion.synthetic import generate_cohort
+from fusion.synthetic.cohort import DEFAULT_MISSING_RATES
+from fusion.training import ABLATIONS, build_model, calibrate, config_for_ablation, fit
+from fusion.training import predict_logits as _predict_logits
+
+logger = logging.getLogger(__name__)
+
+ABLATIONS_DIR = "ablations"
+
+
+def split_indices(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded 70/10/20 split into ``train``, ``validation`` and ``calibration`` indices."""
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    n_val, n_cal = max(1, n // 10), max(1, n // 5)
+    return {
+        "validation": order[:n_val],
+        "calibration": order[n_val : n_val + n_cal],
+        "train": order[n_val + n_cal :],
+    }
+
+
+def _train_one(
+    config: FusionConfig,
+    featurizer: Featurizer,
+    encoded: list[EncodedBundle],
+    labels: np.ndarray,
+    splits: dict[str, np.ndarray],
+    *,
+    output_dir: Path,
+    device: torch.device,
+    resume: bool,
+    show_progress: bool,
+    version: str,
+    training_data: dict[str, Any],
+) -> str:
+    def pick(name: str) -> list[EncodedBundle]:
+        return [encoded[i] for i in splits[name]]
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state_path = output_dir / "train_state.pt"
+    if not resume and state_path.exists():
+        state_path.unlink()
+    model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
+    started = time.monotonic()
+    history = fit(
+        model,
+        pick("train"),
+        labels[splits["train"]],
+        pick("validation"),
+        labels[splits["validation"]],
+        device=device,
+        state_path=state_path,
+        show_progress=show_progress,
+    )
+    calibration = calibrate(
+        model, pick("calibration"), labels[splits["calibration"]], device=device
+    )
+    val_logits = _predict_logits(model, pick("validation"), device=device)
+    val_labels = labels[splits["validation"]]
+    card = default_model_card(config, training_data)
+    card["metrics"] = {
+        "validation_auroc": auroc(val_labels, val_logits),
+        "validation_brier": brier(val_labels, calibration.probability(val_logits)),
+        "temperature": calibration.temperature,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "history": history,
+        "note": "held-out test metrics: run `cdsfusion evaluate` (metrics.json)",
+    }
+    return save_checkpoint(
+        output_dir,
+        model=model.cpu(),
+        featurizer=featurizer,
+        calibration=calibration,
+        model_card=card,
+        version=version,
+    )
+
+
+def train_on_synthetic(
+    config: FusionConfig,
+    *,
+    n_patients: int,
+    seed: int,
+    output_dir: str | Path,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    ablations: bool = False,
+    show_progress: bool = True,
+    version: str = "0.1.0",
+    missing_rates: dict[str, float] | None = None,
+) -> dict[str, str]:
+    """Train (and calibrate, and save) a model on a synthetic cohort.
+
+    Args:
+        config: Model configuration (``config.train.seed`` seeds the model).
+        n_patients: Cohort size (split 70/10/20).
+        seed: Cohort seed.
+        output_dir: Checkpoint directory; ablations go to ``<output_dir>/ablations/<name>``.
+        device: Torch device; bf16 autocast on CUDA.
+        resume: Continue from ``train_state.pt`` files left by an interrupted run.
+        ablations: Also train the baselines and single-modality models of
+            :data:`~fusion.training.ABLATIONS` for ``cdsfusion evaluate``.
+        show_progress: Progress bars. Defaults to True.
+        version: Version recorded in the checkpoint. Defaults to ``0.1.0``.
+        missing_rates: Missingness of the cohort; defaults to DEFAULT_MISSING_RATES.
+
+    Returns:
+        Model name -> sha256 of each checkpoint written.
+    """
+    device = torch.device(device)
+    rates = DEFAULT_MISSING_RATES if missing_rates is None else missing_rates
+    cohort = generate_cohort(n_patients, seed, rates)
+    inputs = [p.to_bundle_input() for p in cohort]
+    labels = np.array([p.label for p in cohort], dtype=np.int64)
+    splits = split_indices(n_patients, seed)
+    featurizer = Featurizer.fit(config, [inputs[i] for i in splits["train"]])
+    encoded = [featurizer.encode(item) for item in inputs]
+    training_data = {
+        "kind": "synthetic",
+        "description": "fusion.synthetic.generate_cohort: invented patients, no real data",
+        "n_patients": n_patients,
+        "seed": seed,
+        "missing_rates": rates,
+        "splits": {k: len(v) for k, v in splits.items()},
+        "prevalence": float(labels.mean()),
+    }
+    root = Path(output_dir)
+    runs = [(config, root)]
+    if ablations:
+        runs += [(config_for_ablation(config, a), root / ABLATIONS_DIR / a) for a in ABLATIONS]
+    written = {}
+    for run_config, directory in runs:
+        logger.info("training %s", run_config.name)
+        written[run_config.name] = _train_one(
+            run_config,
+            featurizer,
+            encoded,
+            labels,
+            splits,
+            output_dir=directory,
+            device=device,
+            resume=resume,
+            show_progress=show_progress,
+            version=version,
+            training_data=training_data,
+        )
+    return written

@@ -1,0 +1,139 @@
+"""The Markdown evaluation report (plus PNG plots when matplotlib is installed)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return f"[{_f(value[0], digits)}, {_f(value[1], digits)}]"
+    return "" if value is None else str(value)
+
+
+def _plots(metrics: dict[str, Any], out: Path) -> list[str]:
+    matplotlib = importlib.import_module("matplotlib")
+    matplotlib.use("Agg")
+    plt = importlib.import_module("matplotlib.pyplot")
+
+    curve = metrics["calibration_curve"]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.plot([p["mean_predicted"] for p in curve], [p["observed_rate"] for p in curve], "o-")
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed rate")
+    ax.set_title("Calibration (held-out, synthetic)")
+    fig.tight_layout()
+    fig.savefig(out / "calibration.png", dpi=100)
+    plt.close(fig)
+    subsets = metrics["per_missing_subset"]
+    keys = [k for k in subsets if k != "none"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(range(len(keys)), [subsets[k]["auroc_fused"] for k in keys], label="fused")
+    ax.plot(
+        range(len(keys)), [subsets[k]["oracle_auroc"] for k in keys], "k_", ms=14, label="oracle"
+    )
+    ax.set_xticks(range(len(keys)), keys, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("AUROC")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "subsets.png", dpi=100)
+    plt.close(fig)
+    return ["calibration.png", "subsets.png"]
+
+
+def write_report(metrics: dict[str, Any], output_dir: str | Path) -> Path:
+    """Write ``report.md`` (and plots when matplotlib is importable) into ``output_dir``.
+
+    Args:
+        metrics: Output of :func:`fusion.evaluation.evaluate_checkpoint`.
+        output_dir: Target directory (created).
+
+    Returns:
+        Path of ``report.md``.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = metrics["model"]
+    lines = [
+        f"# Evaluation: {model['name']} {model['version']}",
+        "",
+        "**Synthetic data only.** Test patients: a fresh synthetic cohort "
+        f"(n={metrics['test_cohort']['n_patients']}, seed={metrics['test_cohort']['seed']}, "
+        f"prevalence {metrics['test_cohort']['prevalence']:.3f}). "
+        f"Checkpoint sha256 `{model['sha256']}`.",
+        "",
+        "| metric | value | 95% CI |",
+        "| --- | --- | --- |",
+        f"| AUROC | {_f(metrics['auroc'])} | {_f(metrics['auroc_ci95'])} |",
+        f"| oracle AUROC (true risk) | {_f(metrics['oracle_auroc'])} | "
+        f"{_f(metrics['oracle_auroc_ci95'])} |",
+        f"| AUROC / oracle | {_f(metrics['fraction_of_oracle_auroc'])} | |",
+        f"| AUPRC | {_f(metrics['auprc'])} | {_f(metrics['auprc_ci95'])} |",
+        f"| ECE (calibrated) | {_f(metrics['ece'])} | |",
+        f"| ECE (uncalibrated) | {_f(metrics['ece_uncalibrated'])} | |",
+        f"| Brier | {_f(metrics['brier'])} | |",
+        f"| temperature | {_f(metrics['temperature'])} | |",
+        "",
+        "## Baselines and single-modality ablations (natural missingness)",
+        "",
+        "| model | AUROC | AUPRC | ECE | Brier |",
+        "| --- | --- | --- | --- | --- |",
+        f"| fused (cross-attention) | {_f(metrics['auroc'])} | {_f(metrics['auprc'])} | "
+        f"{_f(metrics['ece'])} | {_f(metrics['brier'])} |",
+    ]
+    for name, row in metrics["ablations"].items():
+        lines.append(
+            f"| {name} | {_f(row['auroc'])} | {_f(row['auprc'])} | {_f(row['ece'])} | "
+            f"{_f(row['brier'])} |"
+        )
+    if metrics["ablations_missing"]:
+        lines += ["", f"Not trained (run train with --ablations): {metrics['ablations_missing']}"]
+    lines += [
+        "",
+        "## Per missing-modality subset",
+        "",
+        "Each row: the test patients having every modality of the subset, the others hidden.",
+        f"Nominal conformal coverage {metrics['nominal_coverage']:.2f}.",
+        "",
+        "| present | n | oracle | fused | best single | early | late | attention | "
+        "coverage | width |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, row in metrics["per_missing_subset"].items():
+        best = (
+            f"{_f(row['best_single_auroc'])} ({row['best_single']})" if "best_single" in row else ""
+        )
+        lines.append(
+            f"| {key} | {row['n']} | {_f(row['oracle_auroc'])} | {_f(row['auroc_fused'])} | "
+            f"{best} | {_f(row.get('auroc_early'))} | {_f(row.get('auroc_late'))} | "
+            f"{_f(row.get('auroc_attention_weighted'))} | {_f(row['conformal_coverage'])} | "
+            f"{_f(row['conformal_mean_width'])} |"
+        )
+    lines += ["", "## Goals", ""]
+    for goal, value in metrics["goals"].items():
+        if isinstance(value, bool):
+            lines.append(f"- {goal}: {'met' if value else 'NOT met'}")
+    lines += ["", "## Calibration curve (calibrated probabilities)", ""]
+    lines += ["| mean predicted | observed | n |", "| --- | --- | --- |"]
+    lines += [
+        f"| {_f(p['mean_predicted'])} | {_f(p['observed_rate'])} | {p['count']} |"
+        for p in metrics["calibration_curve"]
+    ]
+    if importlib.util.find_spec("matplotlib") is not None:
+        images = _plots(metrics, out)
+        lines += ["", *[f"![{name}]({name})" for name in images]]
+    else:
+        lines += ["", "matplotlib is not installed: tables only, no plots."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

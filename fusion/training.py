@@ -1,0 +1,342 @@
+"""The training loop, batched inference, and post-hoc calibration of a fitted model."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusion.batch import Batch, bucket_by_length, collate
+from fusion.calibration import Calibration, fit_calibration
+from fusion.config import FusionConfig
+from fusion.features import EncodedBundle
+from fusion.inputs import MODALITIES, pattern_key
+from fusion.model import FusionModel
+from fusion.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+ALL_SUBSETS: tuple[tuple[str, ...], ...] = tuple(
+    subset for r in range(len(MODALITIES) + 1) for subset in itertools.combinations(MODALITIES, r)
+)
+"""Every subset of MODALITIES (16), from none to all."""
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    """bf16/fp16 autocast on CUDA when ``dtype`` asks for it; a no-op otherwise."""
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def batches(
+    items: Sequence[EncodedBundle],
+    batch_size: int,
+    image_size: int,
+    rng: np.random.Generator | None = None,
+) -> Iterator[tuple[list[int], Batch]]:
+    """(indices, collated batch) over ``items``, bucketed by token length."""
+    for index in bucket_by_length([it.length for it in items], batch_size, rng):
+        yield index, collate([items[i] for i in index], image_size)
+
+
+def _presence(items: Sequence[EncodedBundle]) -> np.ndarray:
+    """(N, 4) bool presence of MODALITIES per encoded bundle."""
+    return np.array(
+        [
+            [
+                it.image is not None,
+                len(it.note_ids) > 0,
+                bool((it.obs_category == 0).any()),
+                bool((it.obs_category == 1).any()),
+            ]
+            for it in items
+        ],
+        dtype=bool,
+    ).reshape(len(items), len(MODALITIES))
+
+
+@torch.no_grad()
+def predict_logits(
+    model: FusionModel,
+    items: Sequence[EncodedBundle],
+    *,
+    keep: Sequence[str] | None = None,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """Raw logits of ``items`` in their order.
+
+    Args:
+        model: The network (put in eval mode here).
+        items: Encoded bundles.
+        keep: When given, every other modality is hidden (missing-subset evaluation).
+        batch_size: Bundles per forward pass. Defaults to 128.
+        device: Torch device. Defaults to CPU.
+        dtype: ``torch.bfloat16`` enables autocast on CUDA. Defaults to float32.
+
+    Returns:
+        (N,) float64 logits.
+    """
+    device = torch.device(device)
+    model.eval().to(device)
+    out = np.zeros(len(items), dtype=np.float64)
+    for index, padded in batches(items, batch_size, model.config.image.image_size):
+        batch = padded.to(device)
+        if keep is not None:
+            batch = batch.keep_only(keep)
+        with autocast(device, dtype):
+            logits, _ = model(batch)
+        out[index] = logits.float().cpu().numpy()
+    return out
+
+
+def _evaluate_loss(
+    model: FusionModel, items: Sequence[EncodedBundle], labels: np.ndarray, device: torch.device
+) -> float:
+    logits = predict_logits(model, items, device=device)
+    z = torch.from_numpy(logits)
+    y = torch.from_numpy(labels.astype(np.float64))
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(z, y))
+
+
+@dataclass
+class _Run:
+    """Everything that a resumed training run needs."""
+
+    model: FusionModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    history: dict[str, list[float]] = field(
+        default_factory=lambda: {"train_loss": [], "val_loss": []}
+    )
+    best: dict[str, torch.Tensor] | None = None
+    best_loss: float = math.inf
+    epoch: int = -1
+
+    def save(self, path: Path) -> None:
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "best": self.best,
+                "best_loss": self.best_loss,
+                "history": self.history,
+                "epoch": self.epoch,
+            },
+            path,
+        )
+
+    def load(self, path: Path, device: torch.device) -> None:
+        state = torch.load(path, map_location=device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best, self.best_loss = state["best"], float(state["best_loss"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.epoch = int(state["epoch"])
+
+
+def _new_run(model: FusionModel, n_train: int) -> _Run:
+    settings = model.config.train
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    total = max(1, math.ceil(n_train / settings.batch_size) * settings.epochs)
+    warmup = max(1, total // 20)
+
+    def schedule(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup)
+        return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+    return _Run(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
+
+
+def _train_epoch(
+    run: _Run,
+    items: Sequence[EncodedBundle],
+    labels: torch.Tensor,
+    *,
+    epoch: int,
+    device: torch.device,
+    show_progress: bool,
+) -> float:
+    model, settings = run.model, run.model.config.train
+    rng = np.random.default_rng([settings.seed, epoch])
+    torch.manual_seed(settings.seed * 100_003 + epoch)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model.train()
+    losses: list[float] = []
+    bar = progress_bar(
+        total=math.ceil(len(items) / settings.batch_size),
+        desc=f"{model.config.name} epoch {epoch + 1}/{settings.epochs}",
+        enabled=show_progress,
+    )
+    for index, padded in batches(items, settings.batch_size, model.config.image.image_size, rng):
+        hidden = torch.from_numpy(
+            rng.random((padded.size, len(MODALITIES))) < settings.modality_dropout
+        )
+        batch = padded.to(device).hide(hidden)
+        with autocast(device, dtype):
+            logits, _ = model(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), labels[index].to(device)
+        )
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        run.optimizer.step()
+        run.scheduler.step()
+        losses.append(loss.item())
+        bar.update(1, loss=float(np.mean(losses[-20:])))
+    bar.close()
+    return float(np.mean(losses))
+
+
+def fit(
+    model: FusionModel,
+    train_items: Sequence[EncodedBundle],
+    train_labels: np.ndarray,
+    val_items: Sequence[EncodedBundle],
+    val_labels: np.ndarray,
+    *,
+    device: torch.device | str = "cpu",
+    state_path: Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, list[float]]:
+    """Train ``model`` in place; keep the weights of the epoch with the lowest val loss.
+
+    AdamW with linear warm-up (5% of steps) and cosine decay, gradient norm clipped at 1,
+    binary cross-entropy, modality dropout (``config.train.modality_dropout``). Every
+    epoch draws its batch order, modality dropout and torch randomness from
+    ``(seed, epoch)``, so a run resumed from ``state_path`` continues exactly.
+
+    Args:
+        model: A fresh network.
+        train_items, train_labels: Training data (labels 0/1).
+        val_items, val_labels: Validation data for model selection.
+        device: Torch device; bf16 autocast on CUDA.
+        state_path: Where the resumable training state is written after each epoch and
+            read at the start when it exists. None disables resuming.
+        show_progress: Show a progress bar. Defaults to True.
+
+    Returns:
+        History with ``train_loss`` and ``val_loss`` per epoch.
+    """
+    device = torch.device(device)
+    model.to(device)
+    run = _new_run(model, len(train_items))
+    if state_path is not None and state_path.is_file():
+        run.load(state_path, device)
+        logger.info("resuming %s after epoch %d", model.config.name, run.epoch + 1)
+    labels = torch.from_numpy(np.asarray(train_labels, dtype=np.float32))
+    for epoch in range(run.epoch + 1, model.config.train.epochs):
+        train_loss = _train_epoch(
+            run, train_items, labels, epoch=epoch, device=device, show_progress=show_progress
+        )
+        val_loss = _evaluate_loss(model, val_items, np.asarray(val_labels), device)
+        run.history["train_loss"].append(train_loss)
+        run.history["val_loss"].append(val_loss)
+        logger.info(
+            "%s epoch %d train loss %.4f val loss %.4f",
+            model.config.name,
+            epoch + 1,
+            train_loss,
+            val_loss,
+        )
+        if val_loss < run.best_loss:
+            run.best_loss = val_loss
+            run.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        run.epoch = epoch
+        if state_path is not None:
+            run.save(state_path)
+    if run.best is not None:
+        model.load_state_dict(run.best)
+    model.eval()
+    return run.history
+
+
+def subset_views(
+    items: Sequence[EncodedBundle],
+) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """For every subset S of MODALITIES, the indices of bundles that have all of S.
+
+    Hiding the rest of such a bundle's modalities gives a bundle with pattern S; under
+    missingness completely at random it is distributed like a bundle naturally missing
+    the rest (the assumption the synthetic cohort satisfies).
+    """
+    presence = _presence(items)
+    for subset in ALL_SUBSETS:
+        need = np.array([m in subset for m in MODALITIES])
+        yield subset, np.nonzero((presence | ~need).all(axis=1))[0]
+
+
+def calibrate(
+    model: FusionModel,
+    items: Sequence[EncodedBundle],
+    labels: np.ndarray,
+    *,
+    device: torch.device | str = "cpu",
+) -> Calibration:
+    """Fit temperature (natural missingness) and per-pattern conformal quantiles.
+
+    Conformal points for pattern S are the calibration bundles that have every modality
+    of S, with the others hidden (see :func:`subset_views`).
+
+    Args:
+        model: The trained network.
+        items, labels: The held-out calibration split.
+        device: Torch device.
+
+    Returns:
+        The fitted Calibration.
+    """
+    labels = np.asarray(labels)
+    natural = predict_logits(model, items, device=device)
+    logits, ys, patterns = [], [], []
+    for subset, index in subset_views(items):
+        chosen = [items[i] for i in index]
+        logits.append(predict_logits(model, chosen, keep=subset, device=device))
+        ys.append(labels[index])
+        patterns += [pattern_key(subset)] * len(index)
+    return fit_calibration(
+        temperature_logits=natural,
+        temperature_labels=labels,
+        conformal_logits=np.concatenate(logits),
+        conformal_labels=np.concatenate(ys),
+        conformal_patterns=patterns,
+        coverage=model.config.coverage,
+        min_pattern_count=model.config.min_pattern_count,
+    )
+
+
+def build_model(config: FusionConfig, n_codes: int, vocab_size: int) -> FusionModel:
+    """A freshly initialised network, seeded by ``config.train.seed``."""
+    torch.manual_seed(config.train.seed)
+    return FusionModel(config, n_codes, vocab_size)
+
+
+def config_for_ablation(config: FusionConfig, ablation: str) -> FusionConfig:
+    """The config of a named ablation: a fusion kind or ``only_<modality>``."""
+    if ablation.startswith("only_"):
+        modality = ablation.removeprefix("only_")
+        return config.replace(name=f"{config.name}-{ablation}", modalities=(modality,))
+    return config.replace(name=f"{config.name}-{ablation}", fusion=ablation)
+
+
+ABLATIONS: tuple[str, ...] = (
+    "early",
+    "late",
+    "attention_weighted",
+    *(f"only_{m}" for m in MODALITIES),
+)

@@ -1,0 +1,93 @@
+"""``train`` and ``evaluate`` click commands end to end on the tiny preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fusion.checkpoint import load_checkpoint
+from fusion.cli import evaluate_command, train_command
+
+
+@pytest.mark.slow
+def test_train_then_evaluate(tmp_path: Path) -> None:
+    runner = CliRunner()
+    model_dir = tmp_path / "model"
+    result = runner.invoke(
+        train_command,
+        [
+            "--config",
+            "tiny",
+            "--patients",
+            "120",
+            "--epochs",
+            "1",
+            "--output",
+            str(model_dir),
+            "--device",
+            "cpu",
+            "--ablations",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    loaded = load_checkpoint(model_dir)
+    assert loaded.model_card["training_data"]["kind"] == "synthetic"
+    assert (model_dir / "ablations" / "only_labs" / "model.json").is_file()
+
+    report_dir = tmp_path / "report"
+    result = runner.invoke(
+        evaluate_command,
+        [
+            "--checkpoint",
+            str(model_dir),
+            "--patients",
+            "80",
+            "--seed",
+            "77",
+            "--output",
+            str(report_dir),
+            "--device",
+            "cpu",
+            "--bootstrap",
+            "10",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    for key in (
+        "auroc",
+        "auprc",
+        "auroc_ci95",
+        "auprc_ci95",
+        "oracle_auroc",
+        "ece",
+        "brier",
+        "calibration_curve",
+        "per_missing_subset",
+        "ablations",
+        "goals",
+    ):
+        assert key in metrics
+    assert len(metrics["per_missing_subset"]) == 16
+    assert set(metrics["ablations"]) == {
+        "early",
+        "late",
+        "attention_weighted",
+        "only_image",
+        "only_notes",
+        "only_labs",
+        "only_vitals",
+    }
+    row = metrics["per_missing_subset"]["image+notes+labs+vitals"]
+    assert {"auroc_fused", "best_single_auroc", "conformal_coverage", "oracle_auroc"} <= set(row)
+    assert (report_dir / "report.md").read_text().startswith("# Evaluation")
+
+
+def test_help() -> None:
+    runner = CliRunner()
+    assert runner.invoke(train_command, ["--help"]).exit_code == 0
+    assert runner.invoke(evaluate_command, ["--help"]).exit_code == 0

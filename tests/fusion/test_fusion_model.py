@@ -1,0 +1,135 @@
+"""The network on a tiny CPU configuration: shapes, masks, missing data, determinism."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from fusion.batch import Batch, bucket_by_length, collate
+from fusion.config import FUSION_KINDS, FusionConfig, preset
+from fusion.errors import ConfigError
+from fusion.features import Featurizer
+from fusion.inputs import MODALITIES, BundleInput
+from fusion.model import FusionModel
+from fusion.training import build_model
+
+
+def _batch(featurizer: Featurizer, inputs: list[BundleInput], n: int = 16) -> Batch:
+    encoded = [featurizer.encode(item) for item in inputs[:n]]
+    return collate(encoded, featurizer.config.image.image_size)
+
+
+def test_collate_shapes_and_masks(featurizer: Featurizer, inputs: list[BundleInput]) -> None:
+    batch = _batch(featurizer, inputs)
+    size = featurizer.config.image.image_size
+    assert batch.image.shape == (16, 1, size, size)
+    assert batch.note_ids.shape == batch.note_mask.shape == batch.note_times.shape
+    assert batch.obs_codes.shape == batch.obs_mask.shape == batch.obs_values.shape
+    presence = batch.presence().numpy()
+    expected = np.array(
+        [[m in item.present_modalities() for m in MODALITIES] for item in inputs[:16]]
+    )
+    assert np.array_equal(presence, expected)
+    assert not batch.image[~batch.image_present].any()
+
+
+@pytest.mark.parametrize("fusion", FUSION_KINDS)
+def test_forward_shapes(fusion: str, featurizer: Featurizer, inputs: list[BundleInput]) -> None:
+    config = preset("tiny").replace(fusion=fusion)
+    model = FusionModel(config, featurizer.n_codes, featurizer.vocab_size).eval()
+    logits, captured = model(_batch(featurizer, inputs))
+    assert logits.shape == (16,)
+    assert captured is None
+
+
+@pytest.mark.parametrize("fusion", FUSION_KINDS)
+def test_no_nan_with_any_subset_missing(
+    fusion: str, featurizer: Featurizer, inputs: list[BundleInput]
+) -> None:
+    config = preset("tiny").replace(fusion=fusion)
+    model = FusionModel(config, featurizer.n_codes, featurizer.vocab_size).eval()
+    batch = _batch(featurizer, inputs)
+    for hidden in itertools.product([False, True], repeat=len(MODALITIES)):
+        mask = torch.tensor(hidden).expand(batch.size, len(MODALITIES))
+        logits, _ = model(batch.hide(mask))
+        assert torch.isfinite(logits).all(), hidden
+
+
+def test_no_nan_when_everything_is_missing(featurizer: Featurizer) -> None:
+    model = FusionModel(preset("tiny"), featurizer.n_codes, featurizer.vocab_size).eval()
+    empty = [featurizer.encode(BundleInput()) for _ in range(3)]
+    logits, _ = model(collate(empty, featurizer.config.image.image_size))
+    assert torch.isfinite(logits).all()
+    assert torch.allclose(logits, logits[0].expand(3))
+
+
+def test_gradients_are_finite_when_everything_is_missing(featurizer: Featurizer) -> None:
+    model = FusionModel(preset("tiny"), featurizer.n_codes, featurizer.vocab_size)
+    logits, _ = model(collate([featurizer.encode(BundleInput())], 32))
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_hidden_modality_has_no_influence(
+    featurizer: Featurizer, inputs: list[BundleInput]
+) -> None:
+    model = FusionModel(preset("tiny"), featurizer.n_codes, featurizer.vocab_size).eval()
+    batch = _batch(featurizer, inputs)
+    hidden = torch.tensor([True, False, False, False]).expand(batch.size, 4)
+    masked = batch.hide(hidden)
+    scrambled = masked.hide(hidden)
+    scrambled.image = torch.randn_like(batch.image)
+    assert torch.allclose(model(masked)[0], model(scrambled)[0], atol=1e-6)
+
+
+def test_single_modality_model_ignores_the_others(
+    featurizer: Featurizer, inputs: list[BundleInput]
+) -> None:
+    config = preset("tiny").replace(modalities=("labs",))
+    model = FusionModel(config, featurizer.n_codes, featurizer.vocab_size).eval()
+    batch = _batch(featurizer, inputs)
+    assert torch.allclose(model(batch)[0], model(batch.keep_only(["labs"]))[0], atol=1e-6)
+
+
+def test_same_seed_same_model(featurizer: Featurizer, inputs: list[BundleInput]) -> None:
+    config = preset("tiny")
+    batch = _batch(featurizer, inputs)
+    first = build_model(config, featurizer.n_codes, featurizer.vocab_size).eval()
+    second = build_model(config, featurizer.n_codes, featurizer.vocab_size).eval()
+    assert torch.equal(first(batch)[0], second(batch)[0])
+
+
+def test_convnext_image_encoder(featurizer: Featurizer, inputs: list[BundleInput]) -> None:
+    config = preset("tiny")
+    config.image.kind = "convnext"
+    model = FusionModel(config, featurizer.n_codes, featurizer.vocab_size).eval()
+    logits, _ = model(_batch(featurizer, inputs, n=4))
+    assert logits.shape == (4,)
+    assert torch.isfinite(logits).all()
+
+
+def test_invalid_config_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        FusionConfig(fusion="concatenate")
+    with pytest.raises(ConfigError):
+        FusionConfig(modalities=("image", "genome"))
+    with pytest.raises(ConfigError):
+        preset("huge")
+
+
+def test_config_round_trips() -> None:
+    config = preset("demo")
+    assert FusionConfig.from_dict(config.to_dict()) == config
+
+
+def test_bucket_by_length_covers_every_index_once() -> None:
+    lengths = [5, 1, 9, 3, 3, 7, 2]
+    for rng in (None, np.random.default_rng(0)):
+        groups = bucket_by_length(lengths, 3, rng)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        assert all(len(g) <= 3 for g in groups)
+    ordered = bucket_by_length(lengths, 3)
+    assert [lengths[i] for i in ordered[0]] == [1, 2, 3]

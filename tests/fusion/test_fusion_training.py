@@ -1,0 +1,93 @@
+"""A short training run on the tiny configuration learns; resuming continues exactly."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fusion import training
+from fusion.config import preset
+from fusion.features import Featurizer
+from fusion.metrics import auroc
+from fusion.synthetic import generate_cohort
+from fusion.training import build_model, calibrate, fit, predict_logits
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, object]:
+    config = preset("tiny")
+    train = generate_cohort(700, seed=21)
+    test = generate_cohort(300, seed=22)
+    featurizer = Featurizer.fit(config, [p.to_bundle_input() for p in train])
+    return {
+        "config": config,
+        "featurizer": featurizer,
+        "train": [featurizer.encode(p.to_bundle_input()) for p in train],
+        "train_y": np.array([p.label for p in train]),
+        "test": [featurizer.encode(p.to_bundle_input()) for p in test],
+        "test_y": np.array([p.label for p in test]),
+    }
+
+
+@pytest.mark.slow
+def test_short_training_learns(data: dict[str, object]) -> None:
+    torch.set_num_threads(2)
+    featurizer = data["featurizer"]
+    assert isinstance(featurizer, Featurizer)
+    config = preset("tiny")
+    config.train.epochs = 5
+    model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
+    items, labels = data["train"], data["train_y"]
+    assert isinstance(items, list) and isinstance(labels, np.ndarray)
+    history = fit(model, items[:600], labels[:600], items[600:], labels[600:], show_progress=False)
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    test_items, test_labels = data["test"], data["test_y"]
+    assert isinstance(test_items, list) and isinstance(test_labels, np.ndarray)
+    held_out = auroc(test_labels, predict_logits(model, test_items))
+    assert held_out > 0.7, held_out
+    calibration = calibrate(model, items[600:], labels[600:])
+    assert calibration.fitted and 0.2 < calibration.temperature < 5.0
+    assert calibration.counts["none"] == 100
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(
+    data: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    featurizer = data["featurizer"]
+    assert isinstance(featurizer, Featurizer)
+    items, labels = data["train"], data["train_y"]
+    assert isinstance(items, list) and isinstance(labels, np.ndarray)
+    items, labels = items[:160], labels[:160]
+    config = preset("tiny")
+    config.train.epochs = 2
+    interrupted = tmp_path / "after_epoch_1.pt"
+    original_save = training._Run.save
+
+    def save_and_keep_first(run: training._Run, path: Path) -> None:
+        original_save(run, path)
+        if run.epoch == 0:
+            shutil.copy(path, interrupted)
+
+    monkeypatch.setattr(training._Run, "save", save_and_keep_first)
+
+    def run(state: Path) -> torch.Tensor:
+        model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
+        fit(
+            model,
+            items[:128],
+            labels[:128],
+            items[128:],
+            labels[128:],
+            state_path=state,
+            show_progress=False,
+        )
+        return torch.from_numpy(predict_logits(model, items[128:]))
+
+    straight = run(tmp_path / "straight.pt")
+    resumed = run(interrupted)
+    assert torch.allclose(straight, resumed, atol=1e-5)

@@ -1,0 +1,129 @@
+"""The in-process worker of the embedded mode: a batcher thread in ``cdsfusion serve``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from cds.core.aligner.task import TaskDefinition
+from cds.core.pipeline.jobs import RetryPolicy
+from cds.core.runtime import EngineContext
+from worker.batcher import DynamicBatcher
+from worker.scoring import Outcome, Scorer, WorkerContext, score_jobs
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerMetrics:
+    """Prometheus metrics of a scoring worker (registered in the process's registry)."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self.batch_size = Histogram(
+            "cdsfusion_worker_batch_size",
+            "Bundles per model batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=ctx.metrics,
+        )
+        self.batch_seconds = Histogram(
+            "cdsfusion_worker_batch_seconds",
+            "Time to score one batch (claim, features, model, write)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=ctx.metrics,
+        )
+        self.jobs = Counter(
+            "cdsfusion_worker_jobs_total",
+            "Scoring jobs by outcome",
+            ["outcome"],
+            registry=ctx.metrics,
+        )
+        self.queue_depth = Gauge(
+            "cdsfusion_worker_queue_depth", "Jobs waiting for a batch", registry=ctx.metrics
+        )
+
+
+class EmbeddedWorker:
+    """Scores jobs in this process; dispatch is a queue put.
+
+    Args:
+        ctx: the process context.
+        scorer_factory: loads the model (called in :meth:`start`, so start-up fails fast
+            on a missing or tampered checkpoint).
+        wctx_tasks: the task definitions.
+        policy: retries and dead-lettering.
+        max_batch, max_wait_s: batching (see :class:`DynamicBatcher`).
+    """
+
+    name = "embedded-worker"
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        *,
+        scorer_factory: Callable[[], Scorer],
+        tasks: dict[str, TaskDefinition],
+        policy: RetryPolicy,
+        max_batch: int = 16,
+        max_wait_s: float = 0.01,
+    ) -> None:
+        self._ctx = ctx
+        self._scorer_factory = scorer_factory
+        self._tasks = tasks
+        self._policy = policy
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._scorer: Scorer | None = None
+        self._batcher: DynamicBatcher[uuid.UUID, Outcome] | None = None
+        self.metrics = WorkerMetrics(ctx)
+        ctx.readiness["model"] = self._ready
+
+    def _ready(self) -> tuple[bool, str]:
+        if self._scorer is None:
+            return False, "model not loaded"
+        return True, f"{self._scorer.model_name} {self._scorer.model_version}"
+
+    def start(self) -> None:
+        self._scorer = self._scorer_factory()
+        wctx = WorkerContext(
+            session_factory=self._ctx.session_factory,
+            tasks=self._tasks,
+            data_dir=self._ctx.settings.data_dir,
+            worker=f"{socket.gethostname()}:{os.getpid()}:embedded",
+            policy=self._policy,
+        )
+        scorer = self._scorer
+
+        def run(job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Outcome]:
+            outcomes = score_jobs(wctx=wctx, scorer=scorer, job_ids=list(job_ids))
+            for outcome in outcomes.values():
+                self.metrics.jobs.labels(outcome.value).inc()
+            return outcomes
+
+        def observe(size: int, seconds: float) -> None:
+            self.metrics.batch_size.observe(size)
+            self.metrics.batch_seconds.observe(seconds)
+
+        self._batcher = DynamicBatcher(
+            run,
+            max_batch=self._max_batch,
+            max_wait_s=self._max_wait_s,
+            on_batch=observe,
+            name="embedded-worker",
+        )
+        self._batcher.start()
+
+    def dispatch(self, job_id: uuid.UUID) -> None:
+        """Hand a job to the batcher (called by the outbox relay)."""
+        if self._batcher is None:
+            raise RuntimeError("embedded worker is not running")
+        self._batcher.submit(job_id)
+        self.metrics.queue_depth.set(self._batcher.depth)
+
+    def stop(self) -> None:
+        if self._batcher is not None:
+            self._batcher.stop()
+            self._batcher = None

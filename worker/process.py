@@ -1,0 +1,101 @@
+"""``cdsfusion worker``: one Celery worker per GPU, batching across jobs.
+
+CUDA is initialised once, the model is loaded, hash-verified and warmed up before the
+worker consumes anything. Celery runs a thread pool; each task thread submits its job id
+to one :class:`DynamicBatcher` and waits, so the model sees batches formed across jobs
+(up to ``CDSFUSION_WORKER_BATCH_SIZE`` or ``CDSFUSION_WORKER_MAX_WAIT_MS``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+
+from celery import Celery, Task
+from prometheus_client import start_http_server
+
+from cds.core.pipeline.compose import retry_policy, tasks_for
+from cds.core.runtime import EngineContext
+from cds.core.settings import Settings
+from worker.app import SCORE_TASK, SCORING_QUEUE, make_celery
+from worker.batcher import DynamicBatcher
+from worker.embedded import WorkerMetrics
+from worker.model import load_predictor
+from worker.scoring import Outcome, WorkerContext, score_jobs
+
+logger = logging.getLogger(__name__)
+
+
+def build_worker(settings: Settings, *, metrics_port: int | None) -> tuple[Celery, EngineContext]:
+    """The Celery app with the scoring task bound to a loaded, warmed model."""
+    if not settings.broker_url:
+        raise ValueError("cdsfusion worker needs CDSFUSION_BROKER_URL")
+    ctx = EngineContext.build(settings)
+    predictor = load_predictor(
+        settings.model_path,
+        device=settings.worker_device,
+        expected_sha256=settings.model_sha256,
+        batch_size=settings.worker_batch_size,
+    )
+    metrics = WorkerMetrics(ctx)
+    wctx = WorkerContext(
+        session_factory=ctx.session_factory,
+        tasks=tasks_for(settings),
+        data_dir=settings.data_dir,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        policy=retry_policy(settings),
+    )
+
+    def run(job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Outcome]:
+        outcomes = score_jobs(wctx=wctx, scorer=predictor, job_ids=job_ids)
+        for outcome in outcomes.values():
+            metrics.jobs.labels(outcome.value).inc()
+        return outcomes
+
+    def observe(size: int, seconds: float) -> None:
+        metrics.batch_size.observe(size)
+        metrics.batch_seconds.observe(seconds)
+
+    batcher: DynamicBatcher[uuid.UUID, Outcome] = DynamicBatcher(
+        run,
+        max_batch=settings.worker_batch_size,
+        max_wait_s=settings.worker_max_wait_ms / 1000,
+        on_batch=observe,
+        name="gpu-batcher",
+    )
+    batcher.start()
+    app = make_celery(settings.broker_url)
+
+    @app.task(name=SCORE_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def score_job(self: Task, job_id: str) -> str:
+        """Score one job (batched with whatever else this worker holds)."""
+        metrics.queue_depth.set(batcher.depth)
+        try:
+            outcome = batcher.submit(uuid.UUID(job_id)).result(timeout=settings.job_lease_s)
+        except Exception as exc:  # noqa: BLE001 - database or batch failure: retry later
+            delay = min(300.0, settings.job_retry_base_s * 2 ** min(self.request.retries, 8))
+            logger.warning("job %s: %s, retrying in %.0f s", job_id, type(exc).__name__, delay)
+            raise self.retry(exc=exc, countdown=delay) from None
+        return str(outcome)
+
+    if metrics_port:
+        start_http_server(metrics_port, registry=ctx.metrics)
+    return app, ctx
+
+
+def worker_argv(settings: Settings, concurrency: int | None) -> list[str]:
+    threads = concurrency or max(4, 2 * settings.worker_batch_size)
+    return [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={threads}",
+        f"--queues={SCORING_QUEUE}",
+        f"--hostname=cdsfusion-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
+        "--without-gossip",
+        "--without-mingle",
+        f"--prefetch-multiplier={max(1, threads)}",
+        f"--loglevel={settings.log_level}",
+    ]
