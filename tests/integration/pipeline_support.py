@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from sqlalchemy.orm import Session
 
 from cds.core.clinical import EventIn, IdentifierIn, ItemIn, SourceItemIn
 from cds.core.db.models import (
@@ -31,7 +32,6 @@ from fusion.config import preset
 from fusion.features import Featurizer
 from fusion.synthetic import SyntheticPatient, generate_cohort
 from fusion.training import build_model
-from sqlalchemy.orm import Session
 
 
 def tiny_checkpoint(directory: Path) -> Path:

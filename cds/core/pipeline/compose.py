@@ -81,7 +81,9 @@ def pipeline_components(ctx: EngineContext) -> list[Component]:
         TOPIC_TIMELINE: timeline_handler(tasks),
         TOPIC_SCORING: scoring_handler(dispatch),
     }
-    components.append(OutboxRelay(ctx, handlers, policy=policy))
+    components.append(
+        OutboxRelay(ctx, handlers, policy=policy, sweep_interval_s=min(5.0, policy.lease_s / 4))
+    )
     logger.info(
         "pipeline: %d tasks, %s", len(tasks), "broker" if settings.broker_url else "embedded"
     )
