@@ -14,7 +14,7 @@ _LAZY = {
     "demo": "cds.core.cli.pending:demo",
     "train": "fusion.cli:train_command",
     "evaluate": "fusion.cli:evaluate_command",
-    "fhir": "cds.core.cli.pending:fhir",
+    "fhir": "connectors.fhir.cli:fhir",
 }
 _SUMMARIES = {
     "serve": "Run every listener (HTTP, DICOM, MLLP); embedded mode adds the worker.",

@@ -15,22 +15,3 @@ from cds.core.cli.common import not_available
 def demo(args: tuple[str, ...]) -> None:
     """Send a synthetic patient through a running engine and print the result."""
     not_available("demo", "needs the connectors, pipeline and CDS outputs")
-
-
-@click.group()
-def fhir() -> None:
-    """Upstream FHIR subscriptions and backfill."""
-
-
-@fhir.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def subscribe(args: tuple[str, ...]) -> None:
-    """Create Subscription resources on the upstream FHIR server."""
-    not_available("fhir subscribe", "the FHIR connector is being built")
-
-
-@fhir.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def backfill(args: tuple[str, ...]) -> None:
-    """Pull a patient's resources in a time window from the upstream FHIR server."""
-    not_available("fhir backfill", "the FHIR connector is being built")

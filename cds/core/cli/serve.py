@@ -19,12 +19,19 @@ logger = logging.getLogger(__name__)
 def http_installers() -> list[RouterInstaller]:
     """Routers mounted on the HTTP app besides health and metrics (FHIR, CDS Hooks, ...)."""
     installers: list[RouterInstaller] = []
+    from connectors.fhir.routes import install as install_fhir_notifications
+
+    installers.append(install_fhir_notifications)
     return installers
 
 
 def listeners(ctx: EngineContext) -> list[Component]:
     """The protocol listeners of this process (DICOM SCP, MLLP), each enabled by its port."""
     found: list[Component] = []
+    if ctx.settings.mllp_port:
+        from connectors.hl7.listener import MllpListener
+
+        found.append(MllpListener(ctx))
     return found
 
 

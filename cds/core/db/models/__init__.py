@@ -12,11 +12,13 @@ Tables, in the order data flows through them:
 * ``bundles``, ``bundle_members``, ``scoring_jobs``, ``predictions``: the pipeline.
 * ``outbox``: outbound deliveries, written in the same transaction as what they announce.
 * ``audit_log``: append-only, hash-chained record of who did what.
+* ``fhir_subscriptions``: upstream FHIR subscriptions and their event-number state.
 """
 
 from cds.core.db.base import Base
 from cds.core.db.models.audit import AuditEntry
 from cds.core.db.models.events import EventKind, EventStatus, TimelineEvent
+from cds.core.db.models.feeds import FhirSubscription, PayloadContent, SubscriptionChannel
 from cds.core.db.models.imaging import ImagingInstance, ImagingSeries, ImagingStudy, StudyState
 from cds.core.db.models.outbox import OutboxMessage, OutboxState
 from cds.core.db.models.patients import Patient, PatientIdentifier, PatientMerge
@@ -39,6 +41,7 @@ __all__ = [
     "BundleStatus",
     "EventKind",
     "EventStatus",
+    "FhirSubscription",
     "ImagingInstance",
     "ImagingSeries",
     "ImagingStudy",
@@ -48,11 +51,13 @@ __all__ = [
     "Patient",
     "PatientIdentifier",
     "PatientMerge",
+    "PayloadContent",
     "Prediction",
     "PredictionStatus",
     "Protocol",
     "ScoringJob",
     "SourceItem",
     "StudyState",
+    "SubscriptionChannel",
     "TimelineEvent",
 ]
