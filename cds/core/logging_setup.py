@@ -61,9 +61,12 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party loggers that would otherwise echo payloads at DEBUG.
-    for noisy in ("pynetdicom", "hl7apy", "multipart", "sqlalchemy.engine"):
+    for noisy in ("pynetdicom", "hl7apy", "multipart"):
         # At DEBUG these print datasets, bodies or result rows; INFO is as far as they go.
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    # SQL statements (parameters hidden, never result rows) only when debugging.
+    sql_level = logging.INFO if root.level <= logging.DEBUG else logging.WARNING
+    logging.getLogger("sqlalchemy.engine").setLevel(sql_level)
     for chatty in ("httpx", "httpx2", "httpcore"):
         # httpx logs every request's full URL, query string included, at INFO.
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

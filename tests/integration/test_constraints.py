@@ -108,44 +108,57 @@ def test_identifier_belongs_to_one_patient(session: Session) -> None:
         session.flush()
 
 
+def _unique(prefix: str) -> str:
+    """Item ids no other test uses: the PostgreSQL database is shared by the whole run."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def _count(session: Session, model: type, *where: object) -> int:
+    return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
 def test_ingest_same_item_twice_stores_once(session: Session) -> None:
-    body = b"MSH|^~\\&|LAB|HOSP|||20260301083000||ORU^R01|MSG0001|P|2.5\r"
+    control_id = _unique("MSG")
+    body = f"MSH|^~\\&|LAB|HOSP|||20260301083000||ORU^R01|{control_id}|P|2.5\r".encode()
     item = ItemIn(
-        source=_source("MSG0001", body),
-        identifiers=(IdentifierIn("HOSP", "MRN-1001"),),
+        source=_source(control_id, body),
+        identifiers=(IdentifierIn("HOSP", _unique("MRN")),),
         events=(_lab("hl7|LAB^HOSP|ORD1|OBX1", 1.1),),
     )
     first = ingest_item(session=session, item=item)
     again = ingest_item(session=session, item=item)
     assert not first.duplicate and again.duplicate
     assert again.source_item_id == first.source_item_id
-    assert session.scalar(select(func.count()).select_from(SourceItem)) == 1
-    assert session.scalar(select(func.count()).select_from(TimelineEvent)) == 1
+    assert _count(session, SourceItem, SourceItem.item_id == control_id) == 1
+    assert _count(session, TimelineEvent, TimelineEvent.source_item_id == first.source_item_id) == 1
 
 
 def test_same_id_other_bytes_is_a_conflict_and_changes_nothing(session: Session) -> None:
-    ingest_item(
-        session=session,
-        item=ItemIn(source=_source("MSG0002", b"one"), identifiers=(IdentifierIn("H", "7"),)),
+    control_id = _unique("MSG")
+    ident = (IdentifierIn("H", _unique("MRN")),)
+    first = ingest_item(
+        session=session, item=ItemIn(source=_source(control_id, b"one"), identifiers=ident)
     )
     with pytest.raises(ConflictError):
         ingest_item(
-            session=session,
-            item=ItemIn(source=_source("MSG0002", b"two"), identifiers=(IdentifierIn("H", "7"),)),
+            session=session, item=ItemIn(source=_source(control_id, b"two"), identifiers=ident)
         )
-    assert session.scalar(select(func.count()).select_from(SourceItem)) == 1
+    assert _count(session, SourceItem, SourceItem.item_id == control_id) == 1
+    stored = session.get(SourceItem, first.source_item_id)
+    assert stored is not None and stored.content_sha256 == SourceItemIn.sha256(b"one")
 
 
 def test_newer_version_supersedes_and_keeps_history(session: Session) -> None:
-    ident = (IdentifierIn("http://hosp.example/mrn", "55"),)
-    lineage = "fhir|https://ehr.example/fhir|Observation/9"
+    ident = (IdentifierIn("http://hosp.example/mrn", _unique("MRN")),)
+    resource = _unique("Observation/")
+    lineage = f"fhir|https://ehr.example/fhir|{resource}"
     old = ingest_item(
         session=session,
-        item=ItemIn(_source("Observation/9", b"v1", version="1"), ident, None, (_lab(lineage, 1),)),
+        item=ItemIn(_source(resource, b"v1", version="1"), ident, None, (_lab(lineage, 1),)),
     )
     new = ingest_item(
         session=session,
-        item=ItemIn(_source("Observation/9", b"v2", version="2"), ident, None, (_lab(lineage, 2),)),
+        item=ItemIn(_source(resource, b"v2", version="2"), ident, None, (_lab(lineage, 2),)),
     )
     old_event = session.get(TimelineEvent, old.event_ids[0])
     new_event = session.get(TimelineEvent, new.event_ids[0])
@@ -158,16 +171,17 @@ def test_newer_version_supersedes_and_keeps_history(session: Session) -> None:
 
 
 def test_item_for_unknown_patient_is_held_then_attached(session: Session) -> None:
-    ref = "urn:cdsfusion:fhir:https://ehr.example/fhir|Patient/abc"
+    patient_ref = _unique("Patient/")
+    ref = f"urn:cdsfusion:fhir:https://ehr.example/fhir|{patient_ref}"
     held = ingest_item(
         session=session,
-        item=ItemIn(_source("Observation/h1", b"h1"), (), ref, (_lab("fhir|Observation/h1", 3),)),
+        item=ItemIn(_source(_unique("Obs/"), b"h1"), (), ref, (_lab(_unique("fhir|Obs"), 3),)),
     )
     assert held.held
     system, _, value = ref.partition("|")
     patient = ingest_item(
         session=session,
-        item=ItemIn(_source("Patient/abc", b"p"), (IdentifierIn(system, value),)),
+        item=ItemIn(_source(patient_ref, b"p"), (IdentifierIn(system, value),)),
     )
     event = session.get(TimelineEvent, held.event_ids[0])
     assert event is not None
@@ -176,21 +190,31 @@ def test_item_for_unknown_patient_is_held_then_attached(session: Session) -> Non
 
 
 def test_merge_moves_the_timeline(session: Session) -> None:
+    mrn_a, mrn_b = _unique("A"), _unique("B")
+    lineages = [_unique("l"), _unique("l")]
     a = ingest_item(
         session=session,
-        item=ItemIn(_source("M1", b"1"), (IdentifierIn("H", "A"),), None, (_lab("l|1", 1),)),
+        item=ItemIn(
+            _source(_unique("M"), b"1"), (IdentifierIn("H", mrn_a),), None, (_lab(lineages[0], 1),)
+        ),
     )
     b = ingest_item(
         session=session,
-        item=ItemIn(_source("M2", b"2"), (IdentifierIn("H", "B"),), None, (_lab("l|2", 2),)),
+        item=ItemIn(
+            _source(_unique("M"), b"2"), (IdentifierIn("H", mrn_b),), None, (_lab(lineages[1], 2),)
+        ),
     )
     assert a.patient_id and b.patient_id and a.patient_id != b.patient_id
     merge_patients(session=session, surviving_id=a.patient_id, merged_id=b.patient_id, merged_at=T0)
     session.expire_all()
-    owners = set(session.scalars(select(TimelineEvent.patient_id)))
+    owners = set(
+        session.scalars(
+            select(TimelineEvent.patient_id).where(TimelineEvent.lineage_key.in_(lineages))
+        )
+    )
     assert owners == {a.patient_id}
     again = ingest_item(
-        session=session, item=ItemIn(_source("M3", b"3"), (IdentifierIn("H", "B"),))
+        session=session, item=ItemIn(_source(_unique("M"), b"3"), (IdentifierIn("H", mrn_b),))
     )
     assert again.patient_id == a.patient_id
 
@@ -236,13 +260,17 @@ def test_ingest_announces_events_on_the_outbox_once(session: Session) -> None:
     from cds.core.repository.outbox import TOPIC_TIMELINE
 
     item = ItemIn(
-        source=_source("MSG0100", b"ob"),
-        identifiers=(IdentifierIn("HOSP", "MRN-2002"),),
-        events=(_lab("hl7|LAB^HOSP|ORD9|OBX1", 4.2),),
+        source=_source(_unique("MSG"), b"ob"),
+        identifiers=(IdentifierIn("HOSP", _unique("MRN")),),
+        events=(_lab(_unique("hl7|LAB^HOSP|ORD9|OBX1"), 4.2),),
     )
     result = ingest_item(session=session, item=item)
     ingest_item(session=session, item=item)  # duplicate: no second announcement
-    messages = list(session.scalars(select(OutboxMessage)))
+    messages = list(
+        session.scalars(
+            select(OutboxMessage).where(OutboxMessage.aggregate_id == result.patient_id)
+        )
+    )
     assert len(messages) == 1
     assert messages[0].topic == TOPIC_TIMELINE
     assert messages[0].payload["event_ids"] == [str(result.event_ids[0])]

@@ -83,3 +83,21 @@ def test_invalid_port_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CDSFUSION_HTTP_PORT", "70000")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_sql_is_not_logged_at_info() -> None:
+    """Regression: the SQLAlchemy engine logger was set to INFO, which turns SQL echo on."""
+    import logging
+
+    from cds.core.logging_setup import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("INFO")
+        assert not logging.getLogger("sqlalchemy.engine").isEnabledFor(logging.INFO)
+        configure_logging("DEBUG")
+        sql = logging.getLogger("sqlalchemy.engine")
+        assert sql.isEnabledFor(logging.INFO) and not sql.isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], root.level = saved

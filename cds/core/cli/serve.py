@@ -28,6 +28,10 @@ def http_installers() -> list[RouterInstaller]:
 def listeners(ctx: EngineContext) -> list[Component]:
     """The protocol listeners of this process (DICOM SCP, MLLP), each enabled by its port."""
     found: list[Component] = []
+    if ctx.settings.dicom_port:
+        from connectors.dicom.listener import DicomListener
+
+        found.append(DicomListener(ctx))
     if ctx.settings.mllp_port:
         from connectors.hl7.listener import MllpListener
 

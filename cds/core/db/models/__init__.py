@@ -8,7 +8,8 @@ Tables, in the order data flows through them:
 * ``timeline_events``: the clinical events derived from source items (observations, notes,
   imaging studies, encounters, demographics, reports), indexed for the aligner's query
   (patient, kind, time).
-* ``imaging_studies``, ``imaging_series``, ``imaging_instances``: the DICOM hierarchy.
+* ``imaging_studies``, ``imaging_series``, ``imaging_instances``: the DICOM hierarchy;
+  ``dicom_study_versions``: when each version of a study opened and completed.
 * ``bundles``, ``bundle_members``, ``scoring_jobs``, ``predictions``: the pipeline.
 * ``outbox``: outbound deliveries, written in the same transaction as what they announce.
 * ``audit_log``: append-only, hash-chained record of who did what.
@@ -17,6 +18,7 @@ Tables, in the order data flows through them:
 
 from cds.core.db.base import Base
 from cds.core.db.models.audit import AuditEntry
+from cds.core.db.models.dicom import DicomStudyVersion
 from cds.core.db.models.events import EventKind, EventStatus, TimelineEvent
 from cds.core.db.models.feeds import FhirSubscription, PayloadContent, SubscriptionChannel
 from cds.core.db.models.imaging import ImagingInstance, ImagingSeries, ImagingStudy, StudyState
@@ -39,6 +41,7 @@ __all__ = [
     "Bundle",
     "BundleMember",
     "BundleStatus",
+    "DicomStudyVersion",
     "EventKind",
     "EventStatus",
     "FhirSubscription",

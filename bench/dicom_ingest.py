@@ -1,0 +1,239 @@
+"""DICOM ingest throughput: cdsfusion's SCP against DCMTK storescp and Orthanc.
+
+DCMTK ``storescu`` (with ``TCP_NODELAY=1``) sends N small CT instances (about 39 kB, from
+pydicom's CT_small.dcm) and M large ones (about 0.5 MB, 512x512x16-bit) over 1 and 4
+associations (4 storescu processes) to:
+
+* cdsfusion: ``cdsfusion serve`` on SQLite in a temporary directory; every success means
+  the file is fsync'd and the index committed;
+* DCMTK ``storescp --fork`` writing files (no fsync, no index);
+* Orthanc with its default SQLite index and storage (``TCP_NODELAY=1`` too).
+
+Every run sends fresh SOP Instance UIDs. Prints instances/s for each target and the ratios
+to cdsfusion. Figures only: nothing is asserted.
+
+    .venv/bin/python bench/dicom_ingest.py --small 400 --large 100 --processes 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+CLI = str(Path(sys.executable).with_name("cdsfusion"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_instances(directory: Path, count: int, *, large: bool) -> list[Path]:
+    template = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    if large:
+        rng = np.random.default_rng(7)
+        template.Rows = template.Columns = 512
+        template.PixelData = rng.integers(0, 4096, (512, 512), dtype=np.uint16).tobytes()
+        template.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    study, series = generate_uid(), generate_uid()
+    directory.mkdir(parents=True)
+    paths = []
+    for n in range(count):
+        template.StudyInstanceUID, template.SeriesInstanceUID = study, series
+        template.SOPInstanceUID = generate_uid()
+        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+        template.InstanceNumber = n + 1
+        path = directory / f"{n:05d}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def send(port: int, aet: str, paths: list[Path], associations: int) -> float:
+    """Seconds to send ``paths`` over ``associations`` parallel storescu processes."""
+    env = dict(os.environ, TCP_NODELAY="1")
+    chunks = [paths[i::associations] for i in range(associations)]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aet", "BENCH", "-aec", aet, "127.0.0.1", str(port), *map(str, chunk)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for chunk in chunks
+    ]
+    failures = 0
+    for proc in procs:
+        _, err = proc.communicate()
+        failures += proc.returncode != 0
+        if proc.returncode:
+            print(err.decode(errors="replace")[-500:], file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    if failures:
+        print(f"  warning: {failures} storescu processes failed", file=sys.stderr)
+    return elapsed
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"port {port} not listening")
+
+
+@contextmanager
+def cdsfusion(work: Path, processes: int) -> Iterator[tuple[int, str]]:
+    port, http = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDSFUSION_")}
+    env.update(
+        CDSFUSION_DATA_DIR=str(work / "var"),
+        CDSFUSION_DATABASE_URL=f"sqlite:///{work / 'var' / 'cdsfusion.db'}",
+        CDSFUSION_HTTP_PORT=str(http),
+        CDSFUSION_DICOM_PORT=str(port),
+        CDSFUSION_MLLP_PORT="0",
+        CDSFUSION_LOG_LEVEL="WARNING",
+        CDSFUSION_DICOM_QUIET_PERIOD_S="600",
+        CDSFUSION_DICOM_RECEIVER_PROCESSES=str(processes),
+        CDSFUSION_BROKER_URL=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/15"),
+    )
+    log = (work / "serve.log").open("wb")
+    proc = subprocess.Popen([CLI, "serve"], env=env, cwd=work, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{http}/readyz", timeout=1)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cdsfusion serve did not start; see {work / 'serve.log'}")
+            time.sleep(0.3)
+        time.sleep(1.0 if processes > 1 else 0)  # let the receiver processes bind
+        yield port, "CDSFUSION"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+
+
+@contextmanager
+def storescp(work: Path) -> Iterator[tuple[int, str]]:
+    port = free_port()
+    out = work / "storescp"
+    out.mkdir()
+    proc = subprocess.Popen(
+        ["storescp", "--fork", "-od", str(out), str(port)],
+        env=dict(os.environ, TCP_NODELAY="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield port, "ANY-SCP"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def orthanc(work: Path) -> Iterator[tuple[int, str]]:
+    port, http = free_port(), free_port()
+    config = {
+        "Name": "bench",
+        "StorageDirectory": str(work / "orthanc" / "storage"),
+        "IndexDirectory": str(work / "orthanc" / "index"),
+        "HttpPort": http,
+        "DicomPort": port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "Plugins": [],
+    }
+    path = work / "orthanc.json"
+    path.write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        ["Orthanc", str(path)],
+        env=dict(os.environ, TCP_NODELAY="1"),  # DCMTK inside Orthanc reads it too
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield port, "ORTHANC"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=400, help="N small (39 kB) instances")
+    parser.add_argument("--large", type=int, default=100, help="M large (0.5 MB) instances")
+    parser.add_argument("--processes", type=int, default=1, help="cdsfusion receiver processes")
+    parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp", "Orthanc"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: apt-get install -y dcmtk orthanc")
+    targets = ("cdsfusion", "storescp", "orthanc")
+    results: dict[tuple[str, str, int], float] = {}
+    with tempfile.TemporaryDirectory(prefix="dicom-bench-") as tmp:
+        root = Path(tmp)
+        for name in targets:
+            work = root / name
+            work.mkdir()
+            if name == "cdsfusion":
+                context = cdsfusion(work, args.processes)
+            elif name == "storescp":
+                context = storescp(work)
+            else:
+                context = orthanc(work)
+            with context as (port, aet):
+                for size, count in (("39kB", args.small), ("0.5MB", args.large)):
+                    for assocs in args.associations:
+                        files = make_instances(
+                            root / "data" / f"{name}-{size}-{assocs}", count, large=size != "39kB"
+                        )
+                        seconds = send(port, aet, files, assocs)
+                        results[(name, size, assocs)] = count / seconds
+                        print(f"{name:10s} {size:6s} {assocs} assoc: {count / seconds:8.1f} inst/s")
+    print()
+    print(f"cdsfusion receiver processes: {args.processes}; CPUs: {os.cpu_count()}")
+    print(
+        f"{'size':6s} {'assoc':>5s} {'cdsfusion':>10s} {'storescp':>10s} {'orthanc':>10s}"
+        f" {'cds/scp':>8s} {'cds/orthanc':>11s}"
+    )
+    for size in ("39kB", "0.5MB"):
+        for assocs in args.associations:
+            cds, scp, orth = (results[(t, size, assocs)] for t in targets)
+            print(
+                f"{size:6s} {assocs:5d} {cds:10.1f} {scp:10.1f} {orth:10.1f}"
+                f" {cds / scp:8.2f} {cds / orth:11.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Read what the timeline and routing need from a received data set, without pixel data.
+
+The data set is walked element by element in its transfer syntax (PS3.5 §7: explicit or
+implicit VR, little or big endian; the deflated syntax of PS3.5 §A.5 is inflated first).
+Pixel data and other large values are never loaded, let alone decompressed: the walk only
+checks that every value's declared length fits the bytes received. A data set that fails
+that walk, names an unknown VR, or carries an integer or decimal string that is not one
+(PS3.5 §6.2 IS/DS) cannot be understood; the SCP answers ``Cxxx`` (PS3.4 B.2.3).
+
+Everything here is pure: bytes in, an :class:`InstanceHeader` out, so it is tested with
+pydicom's own good and malformed files and with generated ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import VR
+
+from cds.core.errors import MalformedInputError, UnsupportedInputError
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFER_BYTES = 1024
+_KNOWN_VRS = frozenset(str(vr) for vr in VR)
+_IS = re.compile(rb"^ *[+-]?[0-9]{1,12} *$")
+_DS = re.compile(rb"^ *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_OFFSET = re.compile(r"^([+-])([0-9]{2})([0-9]{2})$")
+
+#: Attributes read from each instance (PS3.3 keywords), with the column width they fit.
+_TEXT_FIELDS: dict[str, int] = {
+    "SOPClassUID": 64,
+    "SOPInstanceUID": 64,
+    "StudyInstanceUID": 64,
+    "SeriesInstanceUID": 64,
+    "PatientID": 255,
+    "IssuerOfPatientID": 255,
+    "AccessionNumber": 64,
+    "StudyDate": 8,
+    "StudyTime": 16,
+    "TimezoneOffsetFromUTC": 5,
+    "StudyDescription": 255,
+    "Modality": 16,
+    "BodyPartExamined": 64,
+    "SeriesDescription": 255,
+    "ViewPosition": 16,
+}
+_INT_FIELDS = ("SeriesNumber", "InstanceNumber")
+_WANTED = {tag_for_keyword(k) for k in (*_TEXT_FIELDS, *_INT_FIELDS, "SpecificCharacterSet")}
+
+
+class MissingUIDError(MalformedInputError):
+    """A UID that places the instance (SOP, Study, Series Instance UID) is missing or invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """The attributes of one instance that the timeline, routing and aligner use.
+
+    Names are the PS3.3 keywords. Patient attributes are PHI: never log this object.
+    Strings are stripped; empty ones are ``None``.
+    """
+
+    SOPClassUID: str
+    SOPInstanceUID: str
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    PatientID: str | None = None
+    IssuerOfPatientID: str | None = None
+    AccessionNumber: str | None = None
+    StudyDate: str | None = None
+    StudyTime: str | None = None
+    TimezoneOffsetFromUTC: str | None = None
+    StudyDescription: str | None = None
+    Modality: str | None = None
+    BodyPartExamined: str | None = None
+    SeriesNumber: int | None = None
+    SeriesDescription: str | None = None
+    InstanceNumber: int | None = None
+    ViewPosition: str | None = None
+
+    def study_datetime(self, site_zone: ZoneInfo) -> dt.datetime | None:
+        """StudyDate and StudyTime as an aware datetime, or ``None`` without a valid date.
+
+        The zone is TimezoneOffsetFromUTC when present (PS3.3 C.12.1), else the site's:
+        DICOM dates and times without it are local time.
+        """
+        return dicom_datetime(self.StudyDate, self.StudyTime, self.TimezoneOffsetFromUTC, site_zone)
+
+
+def dicom_datetime(
+    date: str | None, time: str | None, offset: str | None, site_zone: ZoneInfo
+) -> dt.datetime | None:
+    """Combine DA, TM and a ``+HHMM`` offset (PS3.5 §6.2) into an aware datetime."""
+    if not date or len(date) != 8 or not date.isdigit():
+        return None
+    try:
+        day = dt.date(int(date[:4]), int(date[4:6]), int(date[6:8]))
+        clock = _parse_tm(time or "")
+    except ValueError:
+        return None
+    zone: dt.tzinfo = site_zone
+    match = _OFFSET.match(offset or "")
+    if match:
+        sign = -1 if match.group(1) == "-" else 1
+        minutes = int(match.group(2)) * 60 + int(match.group(3))
+        if minutes <= 14 * 60:
+            zone = dt.timezone(sign * dt.timedelta(minutes=minutes))
+    return dt.datetime.combine(day, clock, tzinfo=zone)
+
+
+def _parse_tm(value: str) -> dt.time:
+    """TM is ``HH[MM[SS[.F{1,6}]]]``; the pre-2004 ``HH:MM:SS`` form is accepted too."""
+    text = value.strip().replace(":", "")
+    if not text:
+        return dt.time(0, 0)
+    whole, _, fraction = text.partition(".")
+    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not fraction.isdigit()):
+        raise ValueError("not a DICOM TM")
+    hour = int(whole[0:2])
+    minute = int(whole[2:4] or 0)
+    second = min(int(whole[4:6] or 0), 59)  # TM allows a leap second 60
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    return dt.time(hour, minute, second, micro)
+
+
+def read_header(dataset: bytes, transfer_syntax: str) -> InstanceHeader:
+    """Walk ``dataset`` (encoded in ``transfer_syntax``) and return its header.
+
+    Raises:
+        UnsupportedInputError: the transfer syntax is not one pydicom knows.
+        MissingUIDError: SOP Class/Instance, Study or Series Instance UID missing or invalid.
+        MalformedInputError: the data set cannot be walked (truncated, unknown VR, bad IS/DS).
+    """
+    syntax = UID(transfer_syntax)
+    if not syntax.is_transfer_syntax:
+        raise UnsupportedInputError("unknown transfer syntax")
+    stream = dataset
+    if syntax == DeflatedExplicitVRLittleEndian:
+        try:
+            stream = zlib.decompress(dataset, -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise MalformedInputError("deflated data set does not inflate") from exc
+    raw = _walk(stream, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
+    ds = Dataset(cast(Any, raw))
+    ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, None)
+    try:
+        values = {name: _text(ds, name, width) for name, width in _TEXT_FIELDS.items()}
+        numbers = {name: _integer(ds, name) for name in _INT_FIELDS}
+    except (ValueError, TypeError, LookupError, UnicodeError) as exc:
+        raise MalformedInputError(f"attribute cannot be decoded ({type(exc).__name__})") from exc
+    for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        uid = values[name]
+        if not uid or not _UID.match(uid):
+            raise MissingUIDError(f"{name} missing or not a UID")
+    return InstanceHeader(
+        SOPClassUID=str(values["SOPClassUID"]),
+        SOPInstanceUID=str(values["SOPInstanceUID"]),
+        StudyInstanceUID=str(values["StudyInstanceUID"]),
+        SeriesInstanceUID=str(values["SeriesInstanceUID"]),
+        PatientID=values["PatientID"],
+        IssuerOfPatientID=values["IssuerOfPatientID"],
+        AccessionNumber=values["AccessionNumber"],
+        StudyDate=values["StudyDate"],
+        StudyTime=values["StudyTime"],
+        TimezoneOffsetFromUTC=values["TimezoneOffsetFromUTC"],
+        StudyDescription=values["StudyDescription"],
+        Modality=values["Modality"],
+        BodyPartExamined=values["BodyPartExamined"],
+        SeriesNumber=numbers["SeriesNumber"],
+        SeriesDescription=values["SeriesDescription"],
+        InstanceNumber=numbers["InstanceNumber"],
+        ViewPosition=values["ViewPosition"],
+    )
+
+
+def _walk(stream: bytes, *, implicit: bool, little: bool) -> dict[int, RawDataElement]:
+    """Check every top-level element fits; keep the wanted ones (values of large ones skipped)."""
+    fp = BytesIO(stream)
+    size = len(stream)
+    kept: dict[int, RawDataElement] = {}
+    try:
+        for element in data_element_generator(fp, implicit, little, defer_size=_DEFER_BYTES):
+            if isinstance(element, DataElement):
+                continue  # an undefined-length sequence, parsed to its delimiter already
+            if element.length != _UNDEFINED_LENGTH and element.value_tell + element.length > size:
+                raise MalformedInputError("data set truncated")
+            if element.VR is not None and element.VR not in _KNOWN_VRS:
+                raise MalformedInputError("unknown VR")
+            if element.VR in ("IS", "DS") and element.value:
+                _check_numbers(element.VR, element.value)
+            if element.tag in _WANTED:
+                kept[element.tag] = element
+    except MalformedInputError:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot read"
+        raise MalformedInputError(f"data set cannot be parsed ({type(exc).__name__})") from exc
+    if fp.tell() != size:
+        raise MalformedInputError("data set truncated")
+    return kept
+
+
+def _check_numbers(vr: str, value: bytes) -> None:
+    pattern = _IS if vr == "IS" else _DS
+    for part in value.rstrip(b"\x00 ").split(b"\\"):
+        if part.strip() and not pattern.match(part):
+            raise MalformedInputError(f"invalid {vr} value")
+
+
+def _text(ds: Dataset, keyword: str, width: int) -> str | None:
+    if keyword not in ds:
+        return None
+    value = ds[keyword].value
+    if value is None:
+        return None
+    if not isinstance(value, str):  # multi-valued: keep the first value
+        value = str(value[0]) if len(value) else ""
+    text = value.strip().strip("\x00")
+    return text[:width] or None
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    if keyword not in ds:
+        return None
+    value = ds[keyword].value
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (int, str)):
+        value = value[0] if len(value) else None
+    return None if value is None else int(value)

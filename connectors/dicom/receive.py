@@ -1,0 +1,209 @@
+"""One C-STORE, from received bytes to a status: read, store durably, index, commit.
+
+The order is the promise (PS3.4 B.2.3 statuses, names in :mod:`.status`):
+
+1. read the header without pixel data (:mod:`.header`); what cannot be read is ``Cxxx``;
+2. write File Meta + data set to the content-addressed store with fsync (:mod:`.store`);
+   a failure is ``A700`` out of resources;
+3. index it (:mod:`.index`) and commit, batched with the instances other associations
+   received meanwhile (:mod:`.writer`); a database failure is ``A701``, and the file
+   written in step 2 is an orphan that counts as nothing;
+4. only then success ``0000`` (or ``B000`` when keep-newest replaced other bytes).
+
+:meth:`InstanceReceiver.receive` never raises: an unexpected error is ``A7FF``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from cds.core.db.types import utcnow
+from cds.core.errors import ConflictError, InputError, StorageError
+from cds.core.settings import DicomDuplicatePolicy
+from connectors.dicom import status
+from connectors.dicom.header import InstanceHeader, MissingUIDError, read_header
+from connectors.dicom.index import IndexOutcome, StudyTiming, index_instance
+from connectors.dicom.metrics import DicomMetrics
+from connectors.dicom.store import ContentStore, StoredFile
+from connectors.dicom.writer import IndexWriter
+
+logger = logging.getLogger(__name__)
+
+#: Written into the File Meta of every stored file (PS3.10 §7.1). Fixed, so the same data
+#: set received twice gives byte-identical files whatever library version received it.
+IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.1.20261122")
+IMPLEMENTATION_VERSION_NAME = "CDSFUSION_1"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """The status for the sender and what happened (no PHI: UIDs are not logged either).
+
+    Attributes:
+        status: the C-STORE status (see :mod:`.status`).
+        comment: an Error Comment for non-success statuses (PS3.7 C.4.4), PHI-free.
+        outcome: what indexing did, when it got that far.
+    """
+
+    status: int
+    comment: str | None = None
+    outcome: IndexOutcome | None = None
+
+
+def file_meta_bytes(*, sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 §7.1)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+class InstanceReceiver:
+    """Receives instances for one SCP process; safe to call from many association threads.
+
+    Args:
+        store: the content-addressed file store.
+        writer: the group-commit writer (started by the caller).
+        timing: stable-study parameters (quiet period, hard cap, rules, site zone).
+        policy: duplicate policy for same UID, other bytes.
+        metrics: Prometheus metrics of this process.
+        issuer_map: IssuerOfPatientID equivalences (``CDSFUSION_ISSUER_MAP``).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ContentStore,
+        writer: IndexWriter,
+        timing: StudyTiming,
+        policy: DicomDuplicatePolicy,
+        metrics: DicomMetrics,
+        issuer_map: Mapping[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.timing = timing
+        self.policy = policy
+        self.metrics = metrics
+        self.issuer_map = dict(issuer_map or {})
+
+    def receive(
+        self,
+        *,
+        dataset: bytes,
+        transfer_syntax: str,
+        sop_class: str,
+        sop_instance: str,
+        sender: str,
+    ) -> StoreResult:
+        """Store and index one received data set; returns the status for the sender."""
+        started = time.perf_counter()
+        try:
+            result = self._receive(
+                dataset=dataset,
+                transfer_syntax=transfer_syntax,
+                sop_class=sop_class,
+                sop_instance=sop_instance,
+                sender=sender,
+            )
+        except Exception as exc:  # the handler must answer; pynetdicom would send 0xC211
+            logger.exception("C-STORE failed unexpectedly (%s)", type(exc).__name__)
+            result = StoreResult(status.OUT_OF_RESOURCES_INTERNAL, "internal error")
+        self.metrics.observe_store(result, time.perf_counter() - started)
+        return result
+
+    def _receive(
+        self,
+        *,
+        dataset: bytes,
+        transfer_syntax: str,
+        sop_class: str,
+        sop_instance: str,
+        sender: str,
+    ) -> StoreResult:
+        try:
+            header = read_header(dataset, transfer_syntax)
+        except MissingUIDError:
+            return StoreResult(status.CANNOT_UNDERSTAND_MISSING_UID, "UID missing or invalid")
+        except InputError as exc:
+            logger.info("C-STORE data set cannot be understood: %s", exc)
+            return StoreResult(status.CANNOT_UNDERSTAND, "data set cannot be decoded")
+        if header.SOPInstanceUID != sop_instance.strip():
+            return StoreResult(
+                status.CANNOT_UNDERSTAND_UID_MISMATCH, "SOP Instance UID differs from request"
+            )
+        if header.SOPClassUID != sop_class.strip():
+            return StoreResult(
+                status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from request"
+            )
+
+        data = (
+            file_meta_bytes(
+                sop_class=header.SOPClassUID,
+                sop_instance=header.SOPInstanceUID,
+                transfer_syntax=transfer_syntax,
+            )
+            + dataset
+        )
+        try:
+            stored = self.store.put(data)
+        except StorageError as exc:
+            logger.error("C-STORE refused: %s", exc)
+            return StoreResult(status.OUT_OF_RESOURCES_STORAGE, "storage unavailable")
+        return self._index(
+            header=header, stored=stored, transfer_syntax=transfer_syntax, sender=sender
+        )
+
+    def _index(
+        self, *, header: InstanceHeader, stored: StoredFile, transfer_syntax: str, sender: str
+    ) -> StoreResult:
+        received_at = utcnow()
+
+        def work(session: Session) -> IndexOutcome:
+            return index_instance(
+                session=session,
+                header=header,
+                stored=stored,
+                transfer_syntax=transfer_syntax,
+                sender=sender,
+                received_at=received_at,
+                timing=self.timing,
+                policy=self.policy,
+                issuer_map=self.issuer_map,
+            )
+
+        try:
+            outcome = self.writer.submit(work)
+        except ConflictError:
+            return StoreResult(
+                status.DUPLICATE_REJECTED, "SOP Instance UID already stored with other content"
+            )
+        except (SQLAlchemyError, StorageError, OSError) as exc:
+            logger.error(
+                "C-STORE refused: index commit failed (%s); file %s left unreferenced",
+                type(exc).__name__,
+                stored.sha256[:12],
+            )
+            return StoreResult(status.OUT_OF_RESOURCES_DATABASE, "database unavailable")
+        if outcome is IndexOutcome.REPLACED:
+            logger.warning("SOP instance replaced by newer content (file %s)", stored.sha256[:12])
+            return StoreResult(
+                status.WARNING_REPLACED, "replaced an earlier instance with the same UID", outcome
+            )
+        return StoreResult(status.SUCCESS, None, outcome)
