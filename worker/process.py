@@ -23,6 +23,7 @@ from cds.core.settings import Settings
 from worker.app import SCORE_TASK, SCORING_QUEUE, make_celery
 from worker.batcher import DynamicBatcher
 from worker.embedded import WorkerMetrics
+from worker.gpu import register_gpu_metrics
 from worker.model import load_predictor
 from worker.scoring import Outcome, WorkerContext, score_jobs
 
@@ -39,8 +40,10 @@ def build_worker(settings: Settings, *, metrics_port: int | None) -> tuple[Celer
         device=settings.worker_device,
         expected_sha256=settings.model_sha256,
         batch_size=settings.worker_batch_size,
+        warm_up_batches=(1, settings.worker_batch_size),
     )
     metrics = WorkerMetrics(ctx)
+    register_gpu_metrics(ctx.metrics)
     wctx = WorkerContext(
         session_factory=ctx.session_factory,
         tasks=tasks_for(settings),

@@ -16,22 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cds.core.aligner.task import TaskDefinition
-from cds.core.db.models import Bundle, BundleStatus, Prediction, PredictionStatus, ScoringJob
+from cds.core.db.models import Bundle, BundleStatus, PredictionStatus
 from cds.core.db.session import transaction
-from cds.core.pipeline.jobs import RetryPolicy, claim, fail, finish
-from cds.core.repository.outbox import enqueue
+from cds.core.db.types import utcnow
+from cds.core.pipeline.jobs import RetryPolicy, claim_many, fail, finish_many
+from cds.core.repository.outbox import TOPIC_PREDICTION
 from fusion.inputs import BundleInput, PredictionOutput
 from worker.features import BuiltInput, build_input
+from worker.writes import write_scored
+
+__all__ = ["TOPIC_PREDICTION", "Outcome", "Scorer", "WorkerContext", "score_jobs"]
 
 logger = logging.getLogger(__name__)
-
-#: Outbox topic announcing a new or changed prediction (FHIR RiskAssessment delivery).
-TOPIC_PREDICTION = "prediction.changed"
 
 
 class Scorer(Protocol):
@@ -62,6 +62,8 @@ class Outcome(enum.StrEnum):
 class _Claimed:
     job_id: uuid.UUID
     bundle_id: uuid.UUID
+    patient_id: uuid.UUID
+    task_id: str
     built: BuiltInput
 
 
@@ -87,58 +89,78 @@ class WorkerContext:
 def score_jobs(
     *, wctx: WorkerContext, scorer: Scorer, job_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Outcome]:
-    """Score ``job_ids`` as one batch; returns each job's outcome."""
+    """Score ``job_ids`` as one batch; returns each job's outcome.
+
+    Three steps, two transactions: claim the jobs and read their bundles (one transaction;
+    a savepoint per bundle read), run the model on the batch (no transaction open), write
+    every prediction set-based (one transaction; if that fails, a savepoint per job). A
+    job that fails in any step fails alone and is recorded for retry. A database that
+    fails the whole batch raises, so the caller (the Celery task) retries it later.
+    """
+    ids = list(dict.fromkeys(job_ids))
     outcomes: dict[uuid.UUID, Outcome] = {}
+    failures: dict[uuid.UUID, Exception] = {}
     claimed: list[_Claimed] = []
-    for job_id in dict.fromkeys(job_ids):
-        try:
-            outcome, item = _claim_and_prepare(wctx, scorer, job_id)
-        except Exception as exc:  # noqa: BLE001 - a bad bundle fails alone
-            outcomes[job_id] = _record_failure(wctx, job_id, exc)
-            continue
-        if item is None:
-            outcomes[job_id] = outcome
-        else:
-            claimed.append(item)
+    with transaction(wctx.session_factory) as session:
+        taken = claim_many(session=session, job_ids=ids, worker=wctx.worker, policy=wctx.policy)
+        outcomes.update({job_id: Outcome.SKIPPED for job_id in ids if job_id not in taken})
+        bundles = {
+            b.id: b for b in session.scalars(select(Bundle).where(Bundle.id.in_(taken.values())))
+        }
+        for job_id, bundle_id in taken.items():
+            try:
+                with session.begin_nested():
+                    outcome, item = _prepare(session, wctx, scorer, job_id, bundles[bundle_id])
+            except Exception as exc:  # noqa: BLE001 - a bad bundle fails alone
+                failures[job_id] = exc
+                continue
+            if item is None:
+                outcomes[job_id] = outcome
+            else:
+                claimed.append(item)
     results = _predict_isolating(scorer, claimed)
-    for item, result in zip(claimed, results, strict=True):
-        if isinstance(result, Exception):
-            outcomes[item.job_id] = _record_failure(wctx, item.job_id, result)
-            continue
+    scored = [(i, r) for i, r in zip(claimed, results, strict=True) if not isinstance(r, Exception)]
+    failures.update(
+        {i.job_id: r for i, r in zip(claimed, results, strict=True) if isinstance(r, Exception)}
+    )
+    with transaction(wctx.session_factory) as session:
         try:
-            with transaction(wctx.session_factory) as session:
-                _write_prediction(session, item, result)
-            outcomes[item.job_id] = Outcome.SCORED
-        except Exception as exc:  # noqa: BLE001 - recorded on the job, retried
-            outcomes[item.job_id] = _record_failure(wctx, item.job_id, exc)
+            with session.begin_nested():
+                write_scored(
+                    session, [_row(i, out) for i, out in scored], [i.job_id for i, _ in scored]
+                )
+            outcomes.update({i.job_id: Outcome.SCORED for i, _ in scored})
+        except Exception:  # noqa: BLE001 - fall back to one savepoint per job
+            logger.warning("batch write failed; writing %d predictions one by one", len(scored))
+            for item, out in scored:
+                try:
+                    with session.begin_nested():
+                        write_scored(session, [_row(item, out)], [item.job_id])
+                    outcomes[item.job_id] = Outcome.SCORED
+                except Exception as exc:  # noqa: BLE001 - recorded on the job, retried
+                    failures[item.job_id] = exc
+    for job_id, error in failures.items():
+        outcomes[job_id] = _record_failure(wctx, job_id, error)
     return outcomes
 
 
-def _claim_and_prepare(
-    wctx: WorkerContext, scorer: Scorer, job_id: uuid.UUID
+def _prepare(
+    session: Session, wctx: WorkerContext, scorer: Scorer, job_id: uuid.UUID, bundle: Bundle
 ) -> tuple[Outcome, _Claimed | None]:
-    with transaction(wctx.session_factory) as session:
-        job = claim(session=session, job_id=job_id, worker=wctx.worker, policy=wctx.policy)
-        if job is None:
-            return Outcome.SKIPPED, None
-        bundle = session.get(Bundle, job.bundle_id)
-        assert bundle is not None
-        if bundle.status is BundleStatus.SUPERSEDED:
-            finish(session=session, job=job)
-            return Outcome.SUPERSEDED, None
-        if bundle.status is BundleStatus.INSUFFICIENT:
-            _write_insufficient(session, scorer, bundle, list(bundle.missing or []), {})
-            finish(session=session, job=job)
-            return Outcome.INSUFFICIENT, None
-        built = build_input(session=session, bundle=bundle, data_dir=wctx.data_dir)
-        task = wctx.tasks.get(bundle.task_id)
-        required = {n for n, s in task.modalities.items() if s.required} if task else set()
-        unusable = sorted(required & set(built.unreadable))
-        if unusable:
-            _write_insufficient(session, scorer, bundle, unusable, built.unreadable)
-            finish(session=session, job=job)
-            return Outcome.INSUFFICIENT, None
-        return Outcome.SCORED, _Claimed(job.id, bundle.id, built)
+    if bundle.status is BundleStatus.SUPERSEDED:
+        finish_many(session=session, job_ids=[job_id])
+        return Outcome.SUPERSEDED, None
+    if bundle.status is BundleStatus.INSUFFICIENT:
+        _write_insufficient(session, scorer, bundle, list(bundle.missing or []), {}, job_id=job_id)
+        return Outcome.INSUFFICIENT, None
+    built = build_input(session=session, bundle=bundle, data_dir=wctx.data_dir)
+    task = wctx.tasks.get(bundle.task_id)
+    required = {n for n, s in task.modalities.items() if s.required} if task else set()
+    unusable = sorted(required & set(built.unreadable))
+    if unusable:
+        _write_insufficient(session, scorer, bundle, unusable, built.unreadable, job_id=job_id)
+        return Outcome.INSUFFICIENT, None
+    return Outcome.SCORED, _Claimed(job_id, bundle.id, bundle.patient_id, bundle.task_id, built)
 
 
 def _predict_isolating(scorer: Scorer, items: list[_Claimed]) -> list[PredictionOutput | Exception]:
@@ -163,55 +185,15 @@ def _record_failure(wctx: WorkerContext, job_id: uuid.UUID, exc: Exception) -> O
     return Outcome.DEAD if state.value == "dead" else Outcome.FAILED
 
 
-def _insert_prediction(session: Session, prediction: Prediction) -> bool:
-    try:
-        with session.begin_nested():
-            session.add(prediction)
-            session.flush()
-    except IntegrityError:
-        return False  # this bundle version was already scored by this model: idempotent
-    return True
-
-
-def _supersede_older(session: Session, bundle: Bundle, newest: Prediction) -> list[uuid.UUID]:
-    older_bundles = select(Bundle.id).where(
-        Bundle.task_id == bundle.task_id,
-        Bundle.anchor_key == bundle.anchor_key,
-        Bundle.version < bundle.version,
-    )
-    ids = list(
-        session.scalars(
-            select(Prediction.id).where(
-                Prediction.bundle_id.in_(older_bundles),
-                Prediction.status != PredictionStatus.SUPERSEDED,
-            )
-        )
-    )
-    if ids:
-        session.execute(
-            update(Prediction)
-            .where(Prediction.id.in_(ids))
-            .values(status=PredictionStatus.SUPERSEDED, superseded_by_id=newest.id)
-        )
-    return ids
-
-
-def _announce(session: Session, prediction_ids: list[uuid.UUID], reason: str) -> None:
-    for pid in prediction_ids:
-        enqueue(
-            session=session,
-            topic=TOPIC_PREDICTION,
-            dedup_key=f"prediction|{pid}|{reason}",
-            aggregate_id=pid,
-            payload={"prediction_id": str(pid), "reason": reason},
-        )
-
-
-def _store(session: Session, bundle: Bundle, prediction: Prediction) -> None:
-    if _insert_prediction(session, prediction):
-        superseded = _supersede_older(session, bundle, prediction)
-        _announce(session, [prediction.id], "created")
-        _announce(session, superseded, "superseded")
+def _base_row(bundle_id: uuid.UUID, patient_id: uuid.UUID, task_id: str) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "bundle_id": bundle_id,
+        "patient_id": patient_id,
+        "task_id": task_id,
+        "created_at": utcnow(),
+        "superseded_by_id": None,
+    }
 
 
 def _write_insufficient(
@@ -220,59 +202,42 @@ def _write_insufficient(
     bundle: Bundle,
     missing: list[str],
     unreadable: dict[str, str],
+    *,
+    job_id: uuid.UUID,
 ) -> None:
     """A prediction row that says data was too thin: no probability, ever."""
-    _store(
-        session,
-        bundle,
-        Prediction(
-            id=uuid.uuid4(),
-            bundle_id=bundle.id,
-            patient_id=bundle.patient_id,
-            task_id=bundle.task_id,
-            model_name=scorer.model_name,
-            model_version=scorer.model_version,
-            model_sha256=scorer.sha256,
-            status=PredictionStatus.INSUFFICIENT_DATA,
-            probability=None,
-            outputs={"missing": missing, "unreadable": unreadable},
-        ),
-    )
-
-
-def _write_prediction(session: Session, item: _Claimed, out: PredictionOutput) -> None:
-    bundle = session.get(Bundle, item.bundle_id)
-    assert bundle is not None
-    outputs: dict[str, Any] = {
-        "logit": out.logit,
-        "coverage": out.coverage,
-        "calibrated": out.calibrated,
-        "attributions": out.attributions,
-        "missing_modalities": out.missing_modalities,
-        "missingness_pattern": out.missingness_pattern,
-        "image_instance": item.built.image_instance,
-        "unreadable": item.built.unreadable,
+    row = _base_row(bundle.id, bundle.patient_id, bundle.task_id) | {
+        "model_name": scorer.model_name,
+        "model_version": scorer.model_version,
+        "model_sha256": scorer.sha256,
+        "status": PredictionStatus.INSUFFICIENT_DATA,
+        "probability": None,
+        "interval_low": None,
+        "interval_high": None,
+        "outputs": {"missing": missing, "unreadable": unreadable},
     }
-    _store(
-        session,
-        bundle,
-        Prediction(
-            id=uuid.uuid4(),
-            bundle_id=bundle.id,
-            patient_id=bundle.patient_id,
-            task_id=bundle.task_id,
-            model_name=out.model_name,
-            model_version=out.model_version,
-            model_sha256=out.model_sha256,
-            status=PredictionStatus.FINAL,
-            probability=out.probability,
-            interval_low=out.interval_low,
-            interval_high=out.interval_high,
-            outputs=outputs,
-        ),
-    )
-    if bundle.status is not BundleStatus.SUPERSEDED:
-        bundle.status = BundleStatus.SCORED
-    job = session.get(ScoringJob, item.job_id, with_for_update=True)
-    if job is not None:
-        finish(session=session, job=job)
+    write_scored(session, [row], [job_id])
+
+
+def _row(item: _Claimed, out: PredictionOutput) -> dict[str, Any]:
+    """The prediction row of one scored bundle."""
+    patient_id, task_id = item.patient_id, item.task_id
+    return _base_row(item.bundle_id, patient_id, task_id) | {
+        "model_name": out.model_name,
+        "model_version": out.model_version,
+        "model_sha256": out.model_sha256,
+        "status": PredictionStatus.FINAL,
+        "probability": out.probability,
+        "interval_low": out.interval_low,
+        "interval_high": out.interval_high,
+        "outputs": {
+            "logit": out.logit,
+            "coverage": out.coverage,
+            "calibrated": out.calibrated,
+            "attributions": out.attributions,
+            "missing_modalities": out.missing_modalities,
+            "missingness_pattern": out.missingness_pattern,
+            "image_instance": item.built.image_instance,
+            "unreadable": item.built.unreadable,
+        },
+    }

@@ -157,6 +157,46 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=5, ge=1)
     job_lease_s: float = Field(default=120.0, gt=0)
     job_retry_base_s: float = Field(default=2.0, gt=0)
+    # --- CDS outputs (cds/fhir, cds/hooks) ---
+    # Documented in cds/fhir/__init__.py and cds/hooks/__init__.py.
+    public_base_url: str | None = None
+    cds_moderate_risk_threshold: float = Field(default=0.2, gt=0, lt=1)
+    cds_high_risk_threshold: float = Field(default=0.5, gt=0, lt=1)
+    cds_hooks_issuers_file: Path | None = None
+    cds_hooks_auth_disabled: bool = False
+    cds_hooks_jwks_cache_s: float = Field(default=300.0, ge=0)
+    cds_hooks_fhir_timeout_s: float = Field(default=5.0, gt=0)
+    cds_hooks_cors_origins: Annotated[tuple[str, ...], NoDecode] = ("*",)
+    cds_smart_app_url: str | None = None
+    cds_suggestions_file: Path | None = None
+    fhir_write_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("cds_hooks_cors_origins", mode="before")
+    @classmethod
+    def _cors_origins(cls, value: object) -> object:
+        """``https://a.example, https://b.example`` from the environment becomes a tuple."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("public_base_url", "cds_smart_app_url")
+    @classmethod
+    def _url_without_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else None
+
+    # --- review pages (cds/review) ---
+    # Documented in cds/review/__init__.py.
+    review_session_idle_timeout_s: float = Field(default=900.0, gt=0)
+    review_session_absolute_timeout_s: float = Field(default=43_200.0, gt=0)
+    review_local_login: bool = True
+    review_page_size: int = Field(default=50, ge=5, le=500)
+    review_oidc_issuer: str | None = None
+    review_oidc_client_id: str | None = None
+    review_oidc_client_secret: SecretStr | None = None
+    review_oidc_scope: str = "openid profile"
+    review_oidc_role_claim: str = "roles"
+    review_oidc_timeout_s: float = Field(default=10.0, gt=0)
+    review_oidc_ca_bundle: Path | None = None
 
     db_pool_size: int = Field(default=10, ge=1)
     log_level: str = "INFO"

@@ -22,6 +22,11 @@ def http_installers() -> list[RouterInstaller]:
     from connectors.fhir.routes import install as install_fhir_notifications
 
     installers.append(install_fhir_notifications)
+    from cds.fhir.routes import install as install_fhir_outputs
+    from cds.hooks.routes import install as install_cds_hooks
+    from cds.modelcard.routes import install as install_model_card
+
+    installers += [install_fhir_outputs, install_cds_hooks, install_model_card]
     return installers
 
 

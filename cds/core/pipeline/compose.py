@@ -10,7 +10,7 @@ from cds.core.aligner.task import TaskDefinition, load_tasks
 from cds.core.pipeline.handlers import Handler, scoring_handler, timeline_handler
 from cds.core.pipeline.jobs import TOPIC_SCORING, RetryPolicy
 from cds.core.pipeline.relay import OutboxRelay
-from cds.core.repository.outbox import TOPIC_TIMELINE
+from cds.core.repository.outbox import TOPIC_PREDICTION, TOPIC_TIMELINE
 from cds.core.runtime import Component, EngineContext
 from cds.core.settings import Settings
 
@@ -77,9 +77,12 @@ def pipeline_components(ctx: EngineContext) -> list[Component]:
         )
         components.append(worker)
         dispatch = worker.dispatch
+    from cds.fhir.upstream import upstream_handler
+
     handlers: dict[str, Handler] = {
         TOPIC_TIMELINE: timeline_handler(tasks),
         TOPIC_SCORING: scoring_handler(dispatch),
+        TOPIC_PREDICTION: upstream_handler(ctx),
     }
     components.append(
         OutboxRelay(ctx, handlers, policy=policy, sweep_interval_s=min(5.0, policy.lease_s / 4))

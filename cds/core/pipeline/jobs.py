@@ -18,7 +18,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from cds.core.db.models import ScoringJob
@@ -105,6 +105,44 @@ def claim(
     job.worker = worker
     job.updated_at = now
     return job
+
+
+def claim_many(
+    *, session: Session, job_ids: list[uuid.UUID], worker: str, policy: RetryPolicy
+) -> dict[uuid.UUID, uuid.UUID]:
+    """Claim a batch of jobs in one statement; returns job id -> bundle id of those taken.
+
+    The same rule as :func:`claim`: finished, dead, and running-within-lease jobs are left
+    alone (a concurrent claimer waits on the row lock and then sees them running).
+    """
+    if not job_ids:
+        return {}
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=policy.lease_s)
+    claimable = ScoringJob.state.in_([JobState.PENDING, JobState.DISPATCHED, JobState.FAILED]) | (
+        (ScoringJob.state == JobState.RUNNING) & (ScoringJob.updated_at <= stale)
+    )
+    rows = session.execute(
+        update(ScoringJob)
+        .where(ScoringJob.id.in_(job_ids), claimable)
+        .values(
+            state=JobState.RUNNING, attempts=ScoringJob.attempts + 1, worker=worker, updated_at=now
+        )
+        .returning(ScoringJob.id, ScoringJob.bundle_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return {job_id: bundle_id for job_id, bundle_id in rows}
+
+
+def finish_many(*, session: Session, job_ids: list[uuid.UUID]) -> None:
+    """Mark running jobs done, in one statement."""
+    if job_ids:
+        session.execute(
+            update(ScoringJob)
+            .where(ScoringJob.id.in_(job_ids), ScoringJob.state == JobState.RUNNING)
+            .values(state=JobState.DONE, last_error=None, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
 
 def finish(*, session: Session, job: ScoringJob) -> None:

@@ -15,6 +15,8 @@ from cds.core.db.types import utcnow
 
 #: Topic announcing events newly placed on a patient's timeline (anchors and late data).
 TOPIC_TIMELINE = "timeline.events"
+#: Topic announcing a new or superseded prediction (FHIR RiskAssessment delivery).
+TOPIC_PREDICTION = "prediction.changed"
 
 
 def enqueue(

@@ -14,10 +14,12 @@ Tables, in the order data flows through them:
 * ``outbox``: outbound deliveries, written in the same transaction as what they announce.
 * ``audit_log``: append-only, hash-chained record of who did what.
 * ``fhir_subscriptions``: upstream FHIR subscriptions and their event-number state.
+* ``cds_hook_token_uses``: JWT ids already seen on CDS Hooks calls (replay protection).
 """
 
 from cds.core.db.base import Base
 from cds.core.db.models.audit import AuditEntry
+from cds.core.db.models.cds import HookTokenUse
 from cds.core.db.models.dicom import DicomStudyVersion
 from cds.core.db.models.events import EventKind, EventStatus, TimelineEvent
 from cds.core.db.models.feeds import FhirSubscription, PayloadContent, SubscriptionChannel
@@ -45,6 +47,7 @@ __all__ = [
     "EventKind",
     "EventStatus",
     "FhirSubscription",
+    "HookTokenUse",
     "ImagingInstance",
     "ImagingSeries",
     "ImagingStudy",

@@ -1,0 +1,218 @@
+"""CDS Hooks ``patient-view`` latency under load, beside a bare endpoint of the same server.
+
+The engine's HTTP app (FHIR outputs, CDS Hooks, model card) runs with uvicorn in a separate
+process, on PostgreSQL (a temporary database on ``CDSFUSION_BENCH_POSTGRES_URL``, default
+the machine's test server) or, with ``--sqlite``, on a SQLite file. One patient with a
+stored prediction is seeded. 50 concurrent clients (asyncio + httpx, one connection each)
+then call, over real HTTP:
+
+* ``POST /cds-services/cxr-deterioration-patient-view`` with a fresh ES384-signed JWT per
+  call (the full path: verification, ``jti`` recorded, patient lookup, prediction, card);
+* ``GET /healthz`` (the bare endpoint), in the same server, in the same run.
+
+Prints p50, p99 and requests/s for each and the ratio of the p99s.
+Goal (issue 8): patient-view p99 <= 50 ms and <= 3x the bare endpoint.
+
+Usage: python -m bench.cds_hooks [--clients 50] [--requests 2000] [--sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+SERVICE = "cxr-deterioration-patient-view"
+POSTGRES = os.environ.get(
+    "CDSFUSION_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+ISSUER = "https://ehr.bench.example"
+
+
+def _serve(database_url: str, port: int, workdir: str, ready: Any, stop: Any) -> None:
+    """The server process: the engine's HTTP app on ``port`` until ``stop`` is set."""
+    import logging
+
+    from cds.api.server import HttpServer
+    from tests.cds.support import engine_context, output_app, settings_for
+
+    logging.basicConfig(level=logging.WARNING)
+    from cds.core.db.session import make_engine
+
+    engine = make_engine(database_url, pool_size=20)
+    settings = settings_for(
+        engine,
+        Path(workdir),
+        cds_hooks_auth_disabled=False,
+        cds_hooks_issuers_file=Path(workdir) / "issuers.json",
+        public_base_url=f"http://127.0.0.1:{port}",
+        http_port=port,
+        db_pool_size=20,
+    )
+    server = HttpServer(output_app(engine_context(engine, settings)), host="127.0.0.1", port=port)
+    server.start()
+    ready.set()
+    stop.wait()
+    server.stop()
+    engine.dispose()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _load(url: str, make: Any, clients: int, total: int) -> tuple[list[float], float, int]:
+    """``total`` requests from ``clients`` concurrent clients; (latencies s, wall s, errors)."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(total):
+        queue.put_nowait(n)
+    latencies: list[float] = []
+    errors = 0
+
+    async def client() -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=30) as http:
+            while True:
+                try:
+                    queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                method, kwargs = make()
+                started = time.perf_counter()
+                response = await http.request(method, url, **kwargs)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies, time.perf_counter() - started, errors
+
+
+def _report(name: str, latencies: list[float], wall: float, errors: int) -> float:
+    p50, p99 = _percentile(latencies, 0.50) * 1e3, _percentile(latencies, 0.99) * 1e3
+    print(
+        f"{name:<32} n={len(latencies):5d}  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
+        f"{len(latencies) / wall:8.1f} req/s  errors {errors}"
+    )
+    return p99
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
+    args = parser.parse_args()
+
+    from cds.core import migrate
+    from cds.core.db.session import make_engine
+    from tests.cds.support import seed_committed
+    from tests.conftest import free_port
+
+    workdir = tempfile.mkdtemp(prefix="cds-hooks-bench-")
+    admin = None
+    if args.sqlite:
+        database_url = f"sqlite:///{workdir}/bench.db"
+    else:
+        name = f"cdsfusion_bench_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        database_url = make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(database_url)
+        engine = make_engine(database_url)
+        seeded = seed_committed(engine)
+        engine.dispose()
+
+        key = ec.generate_private_key(ec.SECP384R1())
+        public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+        public.update(kid="bench-1", alg="ES384", use="sig")
+        (Path(workdir) / "issuers.json").write_text(
+            json.dumps({ISSUER: {"jwks": {"keys": [public]}}}), encoding="utf-8"
+        )
+        port = free_port()
+        spawn = multiprocessing.get_context("spawn")
+        ready, stop = spawn.Event(), spawn.Event()
+        server = spawn.Process(target=_serve, args=(database_url, port, workdir, ready, stop))
+        server.start()
+        if not ready.wait(60):
+            raise SystemExit("server did not start")
+        base = f"http://127.0.0.1:{port}"
+        endpoint = f"{base}/cds-services/{SERVICE}"
+        body = {
+            "hook": "patient-view",
+            "hookInstance": str(uuid.uuid4()),
+            "fhirServer": "http://ehr.example.org/fhir",
+            "context": {"userId": "Practitioner/1", "patientId": seeded.fhir_patient_id},
+        }
+        tokens = [
+            jwt.encode(
+                {
+                    "iss": ISSUER,
+                    "sub": "bench",
+                    "aud": endpoint,
+                    "iat": int(time.time()),
+                    "exp": int(time.time()) + 280,
+                    "jti": str(uuid.uuid4()),
+                },
+                key,
+                algorithm="ES384",
+                headers={"kid": "bench-1"},
+            )
+            for _ in range(args.requests + 200)
+        ]
+
+        def hook_call() -> tuple[str, dict[str, Any]]:
+            token = tokens.pop()
+            return "POST", {"json": body, "headers": {"Authorization": f"Bearer {token}"}}
+
+        def bare() -> tuple[str, dict[str, Any]]:
+            return "GET", {}
+
+        check = httpx.post(endpoint, **hook_call()[1])
+        assert check.status_code == 200 and check.json()["cards"], check.text
+        asyncio.run(_load(endpoint, hook_call, args.clients, 199))  # warm-up
+        asyncio.run(_load(f"{base}/healthz", bare, args.clients, 200))
+        print(
+            f"{args.clients} concurrent clients, {args.requests} requests each endpoint, "
+            f"{'SQLite' if args.sqlite else 'PostgreSQL'}, server in its own process"
+        )
+        bare_p99 = _report(
+            "GET /healthz (bare)",
+            *asyncio.run(_load(f"{base}/healthz", bare, args.clients, args.requests)),
+        )
+        hook_p99 = _report(
+            "POST patient-view (signed JWT)",
+            *asyncio.run(_load(endpoint, hook_call, args.clients, args.requests)),
+        )
+        print(
+            f"p99 ratio patient-view / bare: {hook_p99 / bare_p99:.2f}x "
+            f"(goal: p99 <= 50 ms and <= 3x)"
+        )
+        stop.set()
+        server.join(30)
+    finally:
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

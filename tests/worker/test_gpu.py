@@ -1,0 +1,52 @@
+"""GPU paths of the worker (marked ``gpu``; skipped without CUDA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import CollectorRegistry, generate_latest
+
+from fusion.synthetic import generate_cohort
+from tests.integration.pipeline_support import tiny_checkpoint
+from worker.gpu import register_gpu_metrics
+from worker.model import load_predictor
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+#: bf16 autocast and compiled kernels against fp32 eager: the probability may move this much.
+PROBABILITY_TOLERANCE = 0.02
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_compiled_bf16_model_agrees_with_eager_fp32(tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "model")
+    inputs = [p.to_bundle_input() for p in generate_cohort(16, seed=9)]
+    eager = load_predictor(checkpoint, device="cpu", compile_model=False)
+    compiled = load_predictor(
+        checkpoint, device="cuda", compile_model=True, warm_up_batches=(1, 16)
+    )
+    reference = np.array([o.probability for o in eager.predict(inputs, attributions=False)])
+    fast = np.array([o.probability for o in compiled.predict(inputs, attributions=False)])
+    assert np.all(np.isfinite(fast))
+    assert np.max(np.abs(fast - reference)) < PROBABILITY_TOLERANCE
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_memory_is_exported() -> None:
+    registry = CollectorRegistry()
+    register_gpu_metrics(registry)
+    torch.ones(1024, device="cuda")
+    assert b"cdsfusion_gpu_memory_allocated_bytes" in generate_latest(registry)
+
+
+def test_gpu_metrics_are_absent_without_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    registry = CollectorRegistry()
+    register_gpu_metrics(registry)
+    assert b"cdsfusion_gpu" not in generate_latest(registry)
