@@ -17,7 +17,7 @@ endif
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck unit clean
+.PHONY: install run demo test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@# torch alone from the chosen index (its dependencies come from the default index below,
 	@# so an unreachable extra index costs one lookup, not one per dependency).
 	$(BIN)/python -m pip install --quiet --no-deps $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,redis]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,redis,model]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -38,9 +38,15 @@ DEMO_MODEL ?= $(or $(CDSFUSION_MODEL_DIR),$(or $(CDSFUSION_DATA_DIR),var)/models
 $(DEMO_MODEL)/model.json: | $(STAMP)
 	$(BIN)/cdsfusion train --config demo --patients 3000 --output $(DEMO_MODEL)
 
+# The embedded demo accepts CDS Hooks calls without an EHR's signed JWT (explicit, loudly
+# logged, refused in production); set CDSFUSION_CDS_HOOKS_AUTH_DISABLED=false to verify.
 run: install $(DEMO_MODEL)/model.json
 	$(BIN)/cdsfusion db upgrade
-	exec $(BIN)/cdsfusion serve
+	CDSFUSION_CDS_HOOKS_AUTH_DISABLED=$${CDSFUSION_CDS_HOOKS_AUTH_DISABLED:-true} exec $(BIN)/cdsfusion serve
+
+# Against the engine `make run` started (in another terminal).
+demo: install
+	$(BIN)/cdsfusion demo
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,8 +1,9 @@
 """Fixtures shared by every test tier.
 
 PostgreSQL tests run against the server named by ``CDSFUSION_TEST_POSTGRES_URL`` (default:
-this machine's ``postgresql+psycopg://postgres@127.0.0.1:5432/test``), each test run in a
-database of its own created from it, so parallel runs never see each other. They skip with
+this machine's ``postgresql+psycopg://postgres@127.0.0.1:5432/test``), each test module in a
+database of its own cloned from one migrated template, so neither parallel runs nor test
+modules see each other's rows. They skip with
 a visible reason only when no PostgreSQL is reachable.
 """
 
@@ -64,20 +65,37 @@ def postgres_server_url() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture(scope="session")
-def postgres_url(postgres_server_url: str) -> Iterator[str]:
-    """A fresh, empty database for this test run; dropped afterwards."""
-    name = f"cdsfusion_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_server_url).set(database=name)
+def _create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
-        yield url.render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            clause = f' TEMPLATE "{template}"' if template else ""
+            conn.execute(text(f'CREATE DATABASE "{name}"{clause}'))
     finally:
+        admin.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server_url: str) -> Iterator[str]:
+    """A database migrated to head once per run, cloned for each test module."""
+    name = f"cdsfusion_tmpl_{uuid.uuid4().hex[:12]}"
+    url = _create_database(postgres_server_url, name)
+    migrate.upgrade(url)
+    make_engine(url).dispose()
+    try:
+        yield name
+    finally:
+        _drop_database(postgres_server_url, name)
 
 
 @pytest.fixture
@@ -85,13 +103,18 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'timeline.db'}"
 
 
-@pytest.fixture(scope="session")
-def migrated_postgres(postgres_url: str) -> Iterator[Engine]:
-    """The run's PostgreSQL database at head, shared by repository tests."""
-    migrate.upgrade(postgres_url)
-    engine = make_engine(postgres_url)
+@pytest.fixture(scope="module")
+def migrated_postgres(postgres_server_url: str, postgres_template: str) -> Iterator[Engine]:
+    """A PostgreSQL database at head for one test module (a clone of the template).
+
+    Each module gets its own, so rows one module commits are never seen by another.
+    """
+    name = f"cdsfusion_mod_{uuid.uuid4().hex[:12]}"
+    url = _create_database(postgres_server_url, name, template=postgres_template)
+    engine = make_engine(url)
     yield engine
     engine.dispose()
+    _drop_database(postgres_server_url, name)
 
 
 @pytest.fixture

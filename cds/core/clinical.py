@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,9 +93,12 @@ class ItemIn:
         patient_ref: a reference to a patient the engine may not know yet (e.g. a FHIR
             ``Patient/123`` key); with no known identifier the item is held under this key.
         events: the clinical facts it carries.
+        patient_id: the engine's own patient id, for internal items (triggers) about a
+            patient already on the timeline; connectors leave it empty.
     """
 
     source: SourceItemIn
     identifiers: tuple[IdentifierIn, ...] = ()
     patient_ref: str | None = None
     events: tuple[EventIn, ...] = field(default_factory=tuple)
+    patient_id: uuid.UUID | None = None

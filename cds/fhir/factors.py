@@ -63,6 +63,7 @@ def _note_factors(items: Any) -> list[Factor]:
         if isinstance(item, dict)
         and isinstance(item.get("token"), str)
         and item["token"] not in _SPECIAL_TOKENS
+        and any(ch.isalnum() for ch in item["token"])  # a word or number, not punctuation
         and isinstance(item.get("score"), int | float)
     ]
     tokens.sort(key=lambda f: abs(f.score), reverse=True)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
@@ -28,8 +28,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cds.api.outcome import FHIR_JSON, outcome_response
+from cds.core.clinical import IdentifierIn
 from cds.core.db.models import Patient, PatientIdentifier, Prediction, PredictionStatus
 from cds.core.errors import MalformedInputError
+from cds.core.repository.patients import find_patient
 from cds.core.runtime import EngineContext
 from cds.fhir.assessment import FHIR_PATIENT_SYSTEM_PREFIX
 from cds.fhir.outputs import FhirOutputs, prediction_by_fhir_id, shared_outputs
@@ -162,6 +164,37 @@ class FhirReader:
             return outcome_response(404, f"{resource_type}/{resource_id} not found")
         return fhir_response(validate(resource))
 
+    def patients_by_identifier(self, token: str, request: Request) -> JSONResponse:
+        """Patient search by ``identifier`` (FHIR token ``system|value``), issuer-mapped."""
+        system, separator, value = token.partition("|")
+        if not separator or not value:
+            return outcome_response(400, "identifier must be a token: system|value")
+        entries = []
+        with self._ctx.session_factory() as session:
+            found = find_patient(
+                session=session,
+                identifiers=[IdentifierIn(system=system, value=value)],
+                issuer_map=self._ctx.settings.issuer_map,
+            )
+            view = patient_view(session=session, patient_id=found) if found else None
+        base = fhir_base(self._ctx.settings)
+        if view is not None:
+            entries.append(
+                {
+                    "fullUrl": f"{base}/Patient/{view['id']}",
+                    "resource": view,
+                    "search": {"mode": "match"},
+                }
+            )
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(entries),
+            "link": [{"relation": "self", "url": f"{base}/Patient"}],
+            "entry": entries,
+        }
+        return fhir_response(bundle)
+
     def search(self, query: _Search, request: Request) -> JSONResponse:
         outputs = self._outputs
         with self._ctx.session_factory() as session:
@@ -283,6 +316,17 @@ def build_router(ctx: EngineContext, outputs: FhirOutputs) -> APIRouter:
     @router.get("/Device/{resource_id}", summary="Read the Device describing a model")
     def read_device(resource_id: str) -> JSONResponse:
         return _guarded(lambda: reader.device(resource_id))
+
+    @router.post("/Patient/_search", summary="Search patients by identifier (form body)")
+    async def search_patients_by_post(request: Request) -> JSONResponse:
+        """FHIR search with POST: the identifier (an MRN) stays out of the URL."""
+        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+        token = (form.get("identifier") or [""])[0]
+        return _guarded(lambda: reader.patients_by_identifier(token, request))
+
+    @router.get("/Patient", summary="Search patients by identifier")
+    def search_patients(request: Request, identifier: str = "") -> JSONResponse:
+        return _guarded(lambda: reader.patients_by_identifier(identifier, request))
 
     for resource_type in VIEWS:
         router.add_api_route(

@@ -22,6 +22,7 @@ from cds.core.db.models import Bundle, BundleStatus, Patient, Prediction, Predic
 from cds.core.db.session import transaction
 from cds.core.db.types import utcnow
 from cds.core.errors import ConfigurationError, InputError
+from cds.core.pipeline.triggers import CDS_HOOKS_PERIOD, record_trigger
 from cds.core.repository.audit import append_audit
 from cds.core.runtime import EngineContext
 from cds.fhir.outputs import FhirOutputs
@@ -178,7 +179,9 @@ class CdsHooksService:
             found = known_by_fhir_id(
                 session=session, fhir_server=request.fhirServer, patient_id=patient_id
             )
-            if found is not None:
+        if found is not None:
+            self._anchor(service, found)
+            with self._ctx.session_factory() as session:
                 return CdsServiceResponse(cards=self._cards_for(session, service, found))
         resource = patient_resource(
             request,
@@ -190,9 +193,25 @@ class CdsHooksService:
             found = find_by_identifiers(
                 session=session, resource=resource, issuer_map=self._ctx.settings.issuer_map
             )
-            if found is None:
-                return CdsServiceResponse(cards=[])
+        if found is None:
+            return CdsServiceResponse(cards=[])
+        self._anchor(service, found)
+        with self._ctx.session_factory() as session:
             return CdsServiceResponse(cards=self._cards_for(session, service, found))
+
+    def _anchor(self, service: HookService, patient: uuid.UUID) -> None:
+        """A task anchored on CDS Hooks calls starts an assessment (once per period)."""
+        if service.task.anchor.kind != "cds-hooks":
+            return
+        with transaction(self._ctx.session_factory) as session:
+            record_trigger(
+                session=session,
+                task=service.task,
+                patient_id=patient,
+                reason="cds-hooks",
+                at=utcnow(),
+                period=CDS_HOOKS_PERIOD,
+            )
 
     def _cards_for(self, session: Session, service: HookService, patient: uuid.UUID) -> list[Card]:
         task = service.task

@@ -18,6 +18,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
+from fusion.synthetic.hl7 import SENDING_FACILITY
 from fusion.synthetic.images import MAX_PIXEL
 
 if TYPE_CHECKING:
@@ -46,6 +47,16 @@ def study_uids(patient: SyntheticPatient) -> tuple[UID, UID, UID]:
 def accession_number(patient: SyntheticPatient) -> str:
     """The synthetic accession number of the chest study."""
     return f"ACC{patient.seed % 1000:03d}{patient.index:06d}"
+
+
+def _patient_module(ds: Dataset, patient: SyntheticPatient) -> None:
+    """The Patient Module (PS3.3 C.7.1.1)."""
+    ds.PatientName = f"{patient.family_name}^{patient.given_name}"
+    ds.PatientID = patient.patient_id
+    # The same assigning authority as HL7 PID-3.4, so both land on one patient.
+    ds.IssuerOfPatientID = SENDING_FACILITY
+    ds.PatientBirthDate = patient.birth_date.strftime("%Y%m%d")
+    ds.PatientSex = {"male": "M", "female": "F"}.get(patient.sex, "O")
 
 
 def patient_to_dicom(patient: SyntheticPatient) -> list[Dataset]:
@@ -80,10 +91,7 @@ def patient_to_dicom(patient: SyntheticPatient) -> list[Dataset]:
     ds.ViewPosition = "PA"
     ds.PatientOrientation = ["L", "F"]
     ds.Manufacturer = "cdsfusion synthetic"
-    ds.PatientName = f"{patient.family_name}^{patient.given_name}"
-    ds.PatientID = patient.patient_id
-    ds.PatientBirthDate = patient.birth_date.strftime("%Y%m%d")
-    ds.PatientSex = {"male": "M", "female": "F"}.get(patient.sex, "O")
+    _patient_module(ds, patient)
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = acquired.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = acquired.strftime("%H%M%S")
     ds.AccessionNumber = accession_number(patient)

@@ -9,9 +9,6 @@ from cds.core.errors import ConfigurationError
 from cds.core.logging_setup import configure_logging
 from cds.core.settings import Settings
 
-#: Exit status of a command that exists in the interface but is not built yet.
-EXIT_NOT_AVAILABLE = 3
-
 
 def load_settings() -> Settings:
     """Build the one settings object from the environment, or exit with a clear message."""
@@ -27,9 +24,3 @@ def load_settings() -> Settings:
         raise click.ClickException(str(exc)) from exc
     configure_logging(settings.log_level, settings.log_format)
     return settings
-
-
-def not_available(what: str, arrives_with: str) -> None:
-    """Say plainly that a command is not built yet, and exit non-zero."""
-    click.echo(f"cdsfusion {what}: not available yet in this version ({arrives_with}).", err=True)
-    raise SystemExit(EXIT_NOT_AVAILABLE)

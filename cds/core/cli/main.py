@@ -11,7 +11,7 @@ _LAZY = {
     "worker": "cds.core.cli.worker:worker",
     "db": "cds.core.cli.db:db",
     "audit": "cds.core.cli.audit:audit",
-    "demo": "cds.core.cli.pending:demo",
+    "demo": "cds.demo.run:demo",
     "train": "fusion.cli:train_command",
     "evaluate": "fusion.cli:evaluate_command",
     "fhir": "connectors.fhir.cli:fhir",

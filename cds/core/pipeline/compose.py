@@ -10,6 +10,7 @@ from cds.core.aligner.task import TaskDefinition, load_tasks
 from cds.core.pipeline.handlers import Handler, scoring_handler, timeline_handler
 from cds.core.pipeline.jobs import TOPIC_SCORING, RetryPolicy
 from cds.core.pipeline.relay import OutboxRelay
+from cds.core.pipeline.triggers import ScheduleTicker
 from cds.core.repository.outbox import TOPIC_PREDICTION, TOPIC_TIMELINE
 from cds.core.runtime import Component, EngineContext
 from cds.core.settings import Settings
@@ -87,6 +88,9 @@ def pipeline_components(ctx: EngineContext) -> list[Component]:
     components.append(
         OutboxRelay(ctx, handlers, policy=policy, sweep_interval_s=min(5.0, policy.lease_s / 4))
     )
+    scheduled = [t for t in tasks.values() if t.anchor.kind == "schedule"]
+    if scheduled:
+        components.append(ScheduleTicker(ctx, scheduled))
     logger.info(
         "pipeline: %d tasks, %s", len(tasks), "broker" if settings.broker_url else "embedded"
     )

@@ -25,6 +25,7 @@ from cds.core.repository.patients import (
     canonical_system,
     find_patient,
     resolve_patient,
+    surviving_patient_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ def _existing(*, session: Session, item: ItemIn) -> IngestResult:
 def _place_on_patient(
     *, session: Session, item: ItemIn, issuer_map: Mapping[str, str] | None
 ) -> uuid.UUID | None:
+    if item.patient_id is not None:
+        return surviving_patient_id(session=session, patient_id=item.patient_id)
     if item.identifiers:
         patient_id = resolve_patient(
             session=session, identifiers=item.identifiers, issuer_map=issuer_map
