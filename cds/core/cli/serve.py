@@ -27,6 +27,9 @@ def http_installers() -> list[RouterInstaller]:
     from cds.modelcard.routes import install as install_model_card
 
     installers += [install_fhir_outputs, install_cds_hooks, install_model_card]
+    from cds.review.routes import install as install_review_pages
+
+    installers.append(install_review_pages)
     return installers
 
 

@@ -15,6 +15,7 @@ Tables, in the order data flows through them:
 * ``audit_log``: append-only, hash-chained record of who did what.
 * ``fhir_subscriptions``: upstream FHIR subscriptions and their event-number state.
 * ``cds_hook_token_uses``: JWT ids already seen on CDS Hooks calls (replay protection).
+* ``review_users``, ``review_sessions``, ``review_verdicts``: the audit review pages.
 """
 
 from cds.core.db.base import Base
@@ -35,6 +36,7 @@ from cds.core.db.models.pipeline import (
     PredictionStatus,
     ScoringJob,
 )
+from cds.core.db.models.review import ReviewRole, ReviewSession, ReviewUser, ReviewVerdict, Verdict
 from cds.core.db.models.sources import Protocol, SourceItem
 
 __all__ = [
@@ -61,9 +63,14 @@ __all__ = [
     "Prediction",
     "PredictionStatus",
     "Protocol",
+    "ReviewRole",
+    "ReviewSession",
+    "ReviewUser",
+    "ReviewVerdict",
     "ScoringJob",
     "SourceItem",
     "StudyState",
     "SubscriptionChannel",
     "TimelineEvent",
+    "Verdict",
 ]
