@@ -154,8 +154,8 @@ def measure(
                 full_ms.append((time.perf_counter() - started) * 1e3)
             finally:
                 session.rollback()
-    q = statistics.quantiles(query_ms, n=100)
-    f = statistics.quantiles(full_ms, n=100)
+    q = statistics.quantiles(query_ms, n=100, method="inclusive")
+    f = statistics.quantiles(full_ms, n=100, method="inclusive")
     return {
         "query_p50": q[49],
         "query_p95": q[94],

@@ -138,7 +138,7 @@ def main() -> None:
                 ).all()
             latencies = [(created.timestamp() - sent[job]) * 1e3 for job, created in rows]
             rate_c = len(jobs) / elapsed
-            q = statistics.quantiles(latencies, n=100)
+            q = statistics.quantiles(latencies, n=100, method="inclusive")
             print(f"(b') model batched at {args.batch}, attributions: {rate_b:8.1f} bundles/s")
             print(
                 f"(c)  through the broker + worker:     {rate_c:8.1f} bundles/s, "

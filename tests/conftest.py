@@ -118,6 +118,15 @@ def migrated_postgres(postgres_server_url: str, postgres_template: str) -> Itera
 
 
 @pytest.fixture
+def fresh_postgres_url(postgres_server_url: str, postgres_template: str) -> Iterator[str]:
+    """A migrated PostgreSQL database of this test's own (for tests that run processes)."""
+    name = f"cdsfusion_fresh_{uuid.uuid4().hex[:12]}"
+    url = _create_database(postgres_server_url, name, template=postgres_template)
+    yield url
+    _drop_database(postgres_server_url, name)
+
+
+@pytest.fixture
 def migrated_sqlite(sqlite_url: str) -> Iterator[Engine]:
     migrate.upgrade(sqlite_url)
     engine = make_engine(sqlite_url)

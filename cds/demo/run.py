@@ -21,7 +21,7 @@ import httpx
 
 from cds.core.cli.common import load_settings
 from cds.core.settings import Settings
-from cds.demo.senders import SendError, send_dicom, send_mllp
+from cds.demo.senders import SendError, send_patient
 
 DEMO_SYSTEM = "SYNTHETIC"  # the assigning authority of the synthetic MRNs (HL7 and DICOM)
 
@@ -36,7 +36,8 @@ def _step(name: str) -> None:
     click.echo(f"-> {name}", err=True)
 
 
-def _patients(count: int, seed: int) -> list[Any]:
+def live_patients(count: int, seed: int) -> list[Any]:
+    """A synthetic cohort whose studies are being acquired now (all modalities present)."""
     from fusion.synthetic import generate_cohort
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -47,22 +48,23 @@ def _patients(count: int, seed: int) -> list[Any]:
 
 
 def _send(patient: Any, settings: Settings, host: str) -> None:
-    _step(f"HL7v2 over MLLP to {host}:{settings.mllp_port}")
-    messages = patient.to_hl7_messages()
+    _step(
+        f"HL7v2 over MLLP to {host}:{settings.mllp_port}, then DICOM C-STORE to "
+        f"{settings.dicom_ae_title}@{host}:{settings.dicom_port}"
+    )
     try:
-        codes = send_mllp(host, settings.mllp_port, messages)
+        codes, statuses = send_patient(
+            patient,
+            host=host,
+            mllp_port=settings.mllp_port,
+            dicom_port=settings.dicom_port,
+            called_ae=settings.dicom_ae_title,
+        )
     except SendError as exc:
-        raise StepFailed(f"sending HL7 failed: {exc}") from exc
+        raise StepFailed(f"sending failed: {exc}") from exc
     if any(code != "AA" for code in codes):
         raise StepFailed(f"HL7 not accepted: ACK codes {codes}")
     click.echo(f"   {len(codes)} messages acknowledged AA (admission, results, notes)", err=True)
-    _step(f"DICOM C-STORE to {settings.dicom_ae_title}@{host}:{settings.dicom_port}")
-    try:
-        statuses = send_dicom(
-            host, settings.dicom_port, settings.dicom_ae_title, patient.to_dicom_datasets()
-        )
-    except SendError as exc:
-        raise StepFailed(f"sending DICOM failed: {exc}") from exc
     if any(status != 0 for status in statuses):
         raise StepFailed(f"DICOM not stored: statuses {[hex(s) for s in statuses]}")
     click.echo(f"   {len(statuses)} chest radiograph instance(s) stored", err=True)
@@ -168,7 +170,7 @@ def demo(count: int, seed: int | None, host: str, timeout_s: float | None) -> No
                 f"the engine is not answering at {base} ({type(exc).__name__}); "
                 "start it with `make run`"
             ) from exc
-        patients = _patients(count, seed)
+        patients = live_patients(count, seed)
         for patient in patients:
             _send(patient, settings, host)
         for n, patient in enumerate(patients, 1):

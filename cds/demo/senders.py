@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -77,3 +78,19 @@ def send_dicom(
     finally:
         assoc.release()
     return statuses
+
+
+def send_patient(
+    patient: Any, *, host: str, mllp_port: int, dicom_port: int, called_ae: str
+) -> tuple[list[str], list[int]]:
+    """Send one synthetic patient as a hospital would: HL7 first, then the study.
+
+    Returns:
+        the HL7 ACK codes and the DICOM statuses, in sending order.
+
+    Raises:
+        SendError: a connection failed.
+    """
+    codes = send_mllp(host, mllp_port, patient.to_hl7_messages())
+    statuses = send_dicom(host, dicom_port, called_ae, patient.to_dicom_datasets())
+    return codes, statuses
