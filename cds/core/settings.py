@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cds.core.errors import ConfigurationError
@@ -212,10 +212,15 @@ class Settings(BaseSettings):
             raise ValueError("AE title must be 1-16 printable characters without backslash")
         return stripped
 
-    @field_validator("broker_url", "fhir_server_url")
+    @field_validator("*", mode="before")
     @classmethod
-    def _empty_is_none(cls, value: str | None) -> str | None:
-        return value or None
+    def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        """``CDSFUSION_X=`` (empty) means "not set" for every optional setting."""
+        if value == "" and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if type(None) in get_args(annotation):
+                return None
+        return value
 
     @property
     def embedded(self) -> bool:

@@ -101,3 +101,12 @@ def test_sql_is_not_logged_at_info() -> None:
         assert sql.isEnabledFor(logging.INFO) and not sql.isEnabledFor(logging.DEBUG)
     finally:
         root.handlers[:], root.level = saved
+
+
+@pytest.mark.parametrize(
+    "name", ["CDSFUSION_CDS_HOOKS_ISSUERS_FILE", "CDSFUSION_MODEL_SHA256", "CDSFUSION_TASKS_DIR"]
+)
+def test_empty_optional_setting_means_unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Regression: an empty value became Path('.') or '' instead of 'not set'."""
+    monkeypatch.setenv(name, "")
+    assert getattr(Settings(), name.removeprefix("CDSFUSION_").lower()) is None
