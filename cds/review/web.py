@@ -31,6 +31,7 @@ from cds.core.db.types import utcnow
 from cds.core.repository.audit import append_audit
 from cds.core.runtime import EngineContext
 from cds.review.access import Permission, allowed
+from cds.review.markdown import render as render_markdown
 from cds.review.sessions import (
     COOKIE_NAME,
     ActiveSession,
@@ -95,6 +96,7 @@ class ReviewWeb:
         )
         self.env.filters["utc"] = lambda v: v.strftime("%Y-%m-%d %H:%M UTC") if v else ""
         self.env.filters["pct"] = lambda v: "" if v is None else f"{v * 100:.1f}%"
+        self.env.filters["card_markdown"] = render_markdown
         self.env.globals["idle_seconds"] = int(ctx.settings.review_session_idle_timeout_s)
 
     # --- responses -------------------------------------------------------------------
