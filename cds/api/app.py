@@ -11,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from cds.api.outcome import outcome_response
 from cds.core.runtime import EngineContext
@@ -54,12 +53,14 @@ def _version() -> str:
 
 
 def _route_template(request: Request) -> str:
-    """The matched route's path template, so metrics and logs never carry raw ids."""
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+    """The matched route's path template, so metrics and logs never carry raw ids.
+
+    The router records the route it matched in the ASGI scope (``scope["route"]``), also for
+    routes of included routers; a request no route matched is ``unmatched``.
+    """
+    route = request.scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return str(path) if path else "unmatched"
 
 
 def _install_metrics(app: FastAPI, ctx: EngineContext) -> None:
