@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from cds.core.db.models import OutboxMessage, OutboxState, Prediction, PredictionStatus
 from cds.core.db.types import utcnow
-from cds.core.errors import ConfigurationError, StorageError
+from cds.core.errors import StorageError
 from cds.core.pipeline.handlers import Handler
 from cds.core.repository.outbox import TOPIC_PREDICTION
 from cds.core.runtime import EngineContext
@@ -61,27 +61,9 @@ class UpstreamRejectedError(StorageError):
 
 
 def _authorization(settings: Settings, http: httpx.Client) -> Any:
-    from connectors.fhir.auth import SmartBackendServices, StaticBearer
+    from connectors.fhir.auth import authorization_from_settings
 
-    server = settings.fhir_server_url or ""
-    if settings.fhir_client_id and settings.fhir_private_key_file:
-        try:
-            key = settings.fhir_private_key_file.read_bytes()
-        except OSError as exc:
-            raise ConfigurationError("CDSFUSION_FHIR_PRIVATE_KEY_FILE unreadable") from exc
-        return SmartBackendServices(
-            http=http,
-            fhir_base=server,
-            client_id=settings.fhir_client_id,
-            private_key_pem=key,
-            key_id=settings.fhir_private_key_id,
-            algorithm=settings.fhir_jwt_algorithm,
-            scope=settings.fhir_scope,
-            token_url=settings.fhir_token_url,
-        )
-    if settings.fhir_bearer_token is not None:
-        return StaticBearer(settings.fhir_bearer_token.get_secret_value())
-    return None
+    return authorization_from_settings(settings, http, server=settings.fhir_server_url or "")
 
 
 class UpstreamWriter:

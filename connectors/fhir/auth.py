@@ -17,6 +17,7 @@ from typing import Protocol
 import httpx
 
 from cds.core.errors import ConfigurationError, StorageError
+from cds.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +152,32 @@ class SmartBackendServices:
             raise AuthorizationError("token response malformed") from exc
         logger.info("obtained upstream access token valid %.0f s", lifetime)
         return str(token), lifetime
+
+
+def authorization_from_settings(
+    settings: Settings, http: httpx.Client, *, server: str
+) -> Authorization | None:
+    """The upstream FHIR server's auth from settings: SMART Backend Services when a client
+    id and private key are configured, else a static bearer token, else none.
+
+    Raises:
+        ConfigurationError: the private key file cannot be read.
+    """
+    if settings.fhir_client_id and settings.fhir_private_key_file:
+        try:
+            key = settings.fhir_private_key_file.read_bytes()
+        except OSError as exc:
+            raise ConfigurationError("CDSFUSION_FHIR_PRIVATE_KEY_FILE unreadable") from exc
+        return SmartBackendServices(
+            http=http,
+            fhir_base=server,
+            client_id=settings.fhir_client_id,
+            private_key_pem=key,
+            key_id=settings.fhir_private_key_id,
+            algorithm=settings.fhir_jwt_algorithm,
+            scope=settings.fhir_scope,
+            token_url=settings.fhir_token_url,
+        )
+    if settings.fhir_bearer_token is not None:
+        return StaticBearer(settings.fhir_bearer_token.get_secret_value())
+    return None

@@ -16,7 +16,7 @@ import httpx
 
 from cds.core.errors import ConfigurationError, StorageError
 from cds.core.settings import Settings
-from connectors.fhir.auth import Authorization, SmartBackendServices, StaticBearer
+from connectors.fhir.auth import Authorization, authorization_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -69,24 +69,7 @@ class FhirClient:
             raise ConfigurationError("CDSFUSION_FHIR_SERVER_URL is not set")
         verify: bool | str = str(settings.fhir_ca_bundle) if settings.fhir_ca_bundle else True
         http = httpx.Client(timeout=settings.fhir_timeout_s, verify=verify)
-        authorization: Authorization | None = None
-        if settings.fhir_client_id and settings.fhir_private_key_file:
-            try:
-                key = settings.fhir_private_key_file.read_bytes()
-            except OSError as exc:
-                raise ConfigurationError("CDSFUSION_FHIR_PRIVATE_KEY_FILE unreadable") from exc
-            authorization = SmartBackendServices(
-                http=http,
-                fhir_base=server,
-                client_id=settings.fhir_client_id,
-                private_key_pem=key,
-                key_id=settings.fhir_private_key_id,
-                algorithm=settings.fhir_jwt_algorithm,
-                scope=settings.fhir_scope,
-                token_url=settings.fhir_token_url,
-            )
-        elif settings.fhir_bearer_token is not None:
-            authorization = StaticBearer(settings.fhir_bearer_token.get_secret_value())
+        authorization = authorization_from_settings(settings, http, server=server)
         return cls(server, authorization=authorization, http=http)
 
     def close(self) -> None:
