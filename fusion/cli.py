@@ -48,7 +48,7 @@ def _json_safe(value: Any) -> Any:
     type=int,
     default=4000,
     show_default=True,
-    help="Synthetic cohort size (70% train, 10% validation, 20% calibration).",
+    help="Synthetic cohort size (65% train, 10% validation, 25% calibration).",
 )
 @click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Cohort and model seed.")

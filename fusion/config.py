@@ -19,17 +19,20 @@ FUSION_KINDS: tuple[str, ...] = ("cross_attention", "early", "late", "attention_
 ``late``: one head per modality, logits summed.
 ``attention_weighted``: a softmax gate weights the pooled modality embeddings."""
 
+IMAGE_KINDS: tuple[str, ...] = ("cnn", "vit", "convnext")
+
 
 @dataclass
 class ImageConfig:
-    """The vision encoder (a transformers ViT or ConvNeXt configuration).
+    """The vision encoder: a small CNN, or a transformers ViT or ConvNeXt configuration.
 
     Attributes:
-        kind: ``vit`` or ``convnext``. Defaults to ``vit``.
+        kind: ``cnn`` (:class:`fusion.model.encoders.SmallCNN`, from scratch), ``vit`` or
+            ``convnext``. Defaults to ``vit``.
         image_size: Side of the square model input, pixels. Defaults to 32.
         patch_size: ViT patch side, pixels. Defaults to 8.
-        hidden_size: Encoder width (ViT hidden size; last ConvNeXt stage width).
-        num_layers: ViT layers, or ConvNeXt stages. Defaults to 2.
+        hidden_size: Encoder width (ViT hidden size; last CNN or ConvNeXt stage width).
+        num_layers: ViT layers, or CNN or ConvNeXt stages. Defaults to 2.
         num_heads: ViT attention heads. Defaults to 2.
         pretrained_dir: A local directory with transformers weights to start from;
             None trains from scratch. Nothing is fetched from a hub.
@@ -76,6 +79,12 @@ class TrainConfig:
         weight_decay: AdamW weight decay. Defaults to 0.01.
         modality_dropout: Probability of hiding each present modality of a training
             patient, so the model learns every missingness pattern. Defaults to 0.3.
+        single_modality_rate: Probability that a training patient keeps only one of its
+            present modalities (chosen uniformly), so the fused model stays as good as a
+            single-modality model when only one modality arrives. Defaults to 0.0.
+        auxiliary_weight: Weight of the loss of per-modality auxiliary heads (one logit
+            from each modality's pooled tokens, training each encoder to stand alone);
+            0 builds no auxiliary heads. Defaults to 0.0.
         seed: Seed for data order, dropout and initialisation. Defaults to 0.
     """
 
@@ -84,6 +93,8 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 0.01
     modality_dropout: float = 0.3
+    single_modality_rate: float = 0.0
+    auxiliary_weight: float = 0.0
     seed: int = 0
 
 
@@ -139,8 +150,8 @@ class FusionConfig:
         unknown -= set(MODALITIES)
         if unknown:
             raise ConfigError(f"unknown modalities {sorted(unknown)}; known: {MODALITIES}")
-        if self.image.kind not in ("vit", "convnext"):
-            raise ConfigError(f"image.kind must be vit or convnext, not {self.image.kind!r}")
+        if self.image.kind not in IMAGE_KINDS:
+            raise ConfigError(f"image.kind must be one of {IMAGE_KINDS}, not {self.image.kind!r}")
         if self.d_model % self.num_heads:
             raise ConfigError("d_model must be a multiple of num_heads")
         if not 0.0 < self.coverage < 1.0:
@@ -195,7 +206,11 @@ def preset(name: str) -> FusionConfig:
             train=TrainConfig(epochs=4, batch_size=32, learning_rate=3e-3),
         )
     if name == "demo":
-        return FusionConfig(name="cdsfusion-demo-synthetic")
+        return FusionConfig(
+            name="cdsfusion-demo-synthetic",
+            image=ImageConfig(kind="cnn", image_size=64, hidden_size=64, num_layers=3),
+            train=TrainConfig(single_modality_rate=0.5, auxiliary_weight=0.5),
+        )
     if name == "production":
         return FusionConfig(
             name="cdsfusion",

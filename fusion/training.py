@@ -64,6 +64,36 @@ def _presence(items: Sequence[EncodedBundle]) -> np.ndarray:
     ).reshape(len(items), len(MODALITIES))
 
 
+def modality_dropout_mask(
+    presence: np.ndarray, rng: np.random.Generator, *, rate: float, single_rate: float
+) -> np.ndarray:
+    """Which modalities to hide from each training patient.
+
+    With probability ``single_rate`` a patient keeps exactly one of its present
+    modalities (chosen uniformly), so that every single-modality view is trained as often
+    as a single-modality model would train it; otherwise each modality is hidden
+    independently with probability ``rate``.
+
+    Args:
+        presence: (B, 4) bool presence in MODALITIES order.
+        rng: Random generator (consumed deterministically).
+        rate: Independent hiding probability per modality.
+        single_rate: Probability of a single-modality view.
+
+    Returns:
+        (B, 4) bool, True = hide.
+    """
+    presence = np.asarray(presence, dtype=bool)
+    hidden = rng.random(presence.shape) < rate
+    single = rng.random(len(presence)) < single_rate
+    scores = np.where(presence, rng.random(presence.shape), -1.0)
+    keep = scores.argmax(axis=1)
+    one = np.arange(presence.shape[1])[None, :] != keep[:, None]
+    use_single = single & presence.any(axis=1)
+    hidden[use_single] = one[use_single]
+    return hidden
+
+
 @torch.no_grad()
 def predict_logits(
     model: FusionModel,
@@ -162,6 +192,17 @@ def _new_run(model: FusionModel, n_train: int) -> _Run:
     return _Run(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
 
 
+def _auxiliary_loss(
+    auxiliary: torch.Tensor, present: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Mean BCE of the per-modality auxiliary logits over the modalities present."""
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(
+        auxiliary, target.unsqueeze(1).expand_as(auxiliary), reduction="none"
+    )
+    weight = present.to(losses.dtype)
+    return (losses * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 def _train_epoch(
     run: _Run,
     items: Sequence[EncodedBundle],
@@ -183,15 +224,24 @@ def _train_epoch(
         enabled=show_progress,
     )
     for index, padded in batches(items, settings.batch_size, model.config.image.image_size, rng):
-        hidden = torch.from_numpy(
-            rng.random((padded.size, len(MODALITIES))) < settings.modality_dropout
+        usable = torch.tensor([m in model.config.modalities for m in MODALITIES])
+        hidden = modality_dropout_mask(
+            (padded.presence() & usable).numpy(),
+            rng,
+            rate=settings.modality_dropout,
+            single_rate=settings.single_modality_rate,
         )
-        batch = padded.to(device).hide(hidden)
+        batch = padded.to(device).hide(torch.from_numpy(hidden))
+        target = labels[index].to(device)
         with autocast(device, dtype):
-            logits, _ = model(batch)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), labels[index].to(device)
-        )
+            if model.auxiliary is None:
+                logits, _ = model(batch)
+                auxiliary_loss = torch.zeros((), device=device)
+            else:
+                logits, auxiliary, present = model.forward_with_auxiliary(batch)
+                auxiliary_loss = _auxiliary_loss(auxiliary.float(), present, target)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+        loss = loss + settings.auxiliary_weight * auxiliary_loss
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -217,7 +267,9 @@ def fit(
     """Train ``model`` in place; keep the weights of the epoch with the lowest val loss.
 
     AdamW with linear warm-up (5% of steps) and cosine decay, gradient norm clipped at 1,
-    binary cross-entropy, modality dropout (``config.train.modality_dropout``). Every
+    binary cross-entropy, modality dropout (``config.train.modality_dropout`` and
+    ``single_modality_rate``, see :func:`modality_dropout_mask`), plus
+    ``auxiliary_weight`` times the loss of per-modality auxiliary heads. Every
     epoch draws its batch order, modality dropout and torch randomness from
     ``(seed, epoch)``, so a run resumed from ``state_path`` continues exactly.
 

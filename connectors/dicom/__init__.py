@@ -7,6 +7,8 @@ The data path, one module per step::
     receive.py    one C-STORE: header -> durable file -> index -> commit -> status
     header.py     the attributes the timeline needs, read without decoding pixel data
     store.py      content-addressed, fsync'd file store under CDSFUSION_DATA_DIR/dicom
+    writer.py     group commit: one writer thread indexes what all associations received
+    batch.py      a writer batch indexed set-based (multi-row statements), as if one by one
     index.py      source item, patient, study / series / instance rows, duplicate policy
     stable.py     stable-study detection in the database; the study's anchor event
     routing.py    YAML routing rules: which studies are anchors, per-rule quiet period

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -105,28 +105,14 @@ def index_instance(
     Raises:
         ConflictError: same SOPInstanceUID, different bytes, and the policy is ``reject``.
     """
-    identifiers = identifiers_of(header)
-    item = ItemIn(
-        source=SourceItemIn(
-            protocol=Protocol.DICOM,
-            namespace="",
-            item_id=header.SOPInstanceUID,
-            content_sha256=stored.sha256,
-            received_at=received_at,
-            sender=sender[:255],
-            content_type=CONTENT_TYPE,
-            size_bytes=stored.size_bytes,
-            storage_key=stored.storage_key,
-        ),
-        identifiers=identifiers,
-    )
+    item = item_of(header=header, stored=stored, sender=sender, received_at=received_at)
     outcome = IndexOutcome.STORED
     try:
         result = ingest_item(session=session, item=item, issuer_map=issuer_map)
     except ConflictError:
         if policy is DicomDuplicatePolicy.REJECT:
             raise
-        source_item_id, patient_id = _replace_source_item(
+        source_item_id, patient_id = replace_source_item(
             session=session, item=item, issuer_map=issuer_map
         )
         outcome = IndexOutcome.REPLACED
@@ -143,7 +129,54 @@ def index_instance(
         timing=timing,
     )
     series_id = _series_id(session=session, header=header, study_id=study.id)
-    values: dict[str, Any] = {
+    values = instance_values(
+        header=header,
+        stored=stored,
+        transfer_syntax=transfer_syntax,
+        received_at=received_at,
+        series_id=series_id,
+        source_item_id=source_item_id,
+    )
+    if outcome is IndexOutcome.REPLACED:
+        replace_instance(session=session, values=values)
+    else:
+        session.add(ImagingInstance(**values))
+    session.flush()
+    return outcome
+
+
+def item_of(
+    *, header: InstanceHeader, stored: StoredFile, sender: str, received_at: dt.datetime
+) -> ItemIn:
+    """The source item of one instance: protocol ``dicom``, item id the SOPInstanceUID."""
+    return ItemIn(
+        source=SourceItemIn(
+            protocol=Protocol.DICOM,
+            namespace="",
+            item_id=header.SOPInstanceUID,
+            content_sha256=stored.sha256,
+            received_at=received_at,
+            sender=sender[:255],
+            content_type=CONTENT_TYPE,
+            size_bytes=stored.size_bytes,
+            storage_key=stored.storage_key,
+        ),
+        identifiers=identifiers_of(header),
+    )
+
+
+def instance_values(
+    *,
+    header: InstanceHeader,
+    stored: StoredFile,
+    transfer_syntax: str,
+    received_at: dt.datetime,
+    series_id: uuid.UUID,
+    source_item_id: uuid.UUID,
+) -> dict[str, Any]:
+    """The ``imaging_instances`` row of one instance (without its primary key)."""
+    return {
+        "SOPInstanceUID": header.SOPInstanceUID,
         "series_id": series_id,
         "source_item_id": source_item_id,
         "SOPClassUID": header.SOPClassUID,
@@ -154,19 +187,18 @@ def index_instance(
         "size_bytes": stored.size_bytes,
         "received_at": received_at,
     }
-    if outcome is IndexOutcome.REPLACED:
-        session.execute(
-            update(ImagingInstance)
-            .where(ImagingInstance.SOPInstanceUID == header.SOPInstanceUID)
-            .values(**values)
-        )
-    else:
-        session.add(ImagingInstance(SOPInstanceUID=header.SOPInstanceUID, **values))
-    session.flush()
-    return outcome
 
 
-def _replace_source_item(
+def replace_instance(*, session: Session, values: dict[str, Any]) -> None:
+    """Keep-newest: point the existing instance row at the new file."""
+    session.execute(
+        update(ImagingInstance)
+        .where(ImagingInstance.SOPInstanceUID == values["SOPInstanceUID"])
+        .values(**values)
+    )
+
+
+def replace_source_item(
     *, session: Session, item: ItemIn, issuer_map: Mapping[str, str] | None
 ) -> tuple[uuid.UUID, uuid.UUID | None]:
     """Keep-newest: point the existing source item at the new file (and patient)."""
@@ -196,11 +228,18 @@ def _replace_source_item(
     return row.id, patient_id
 
 
-def _insert_ignoring_conflict(session: Session, model: type[Any], values: dict[str, Any]) -> None:
-    """``INSERT ... ON CONFLICT DO NOTHING``: concurrent receivers race on unique UIDs."""
+def insert_ignoring_conflict(
+    session: Session, target: type[Any] | Table
+) -> postgresql.Insert | sqlite.Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING``, to execute with a list of rows.
+
+    Concurrent receivers race on unique UIDs; the loser's row is simply not inserted. The
+    rows go as parameters, not ``values()``, so the statement is compiled once and cached,
+    and SQLAlchemy sends many rows as one multi-row ``INSERT``.
+    """
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(model).values(**values).on_conflict_do_nothing())
+    return insert(target).on_conflict_do_nothing()
 
 
 def _touch_study(
@@ -213,18 +252,7 @@ def _touch_study(
 ) -> ImagingStudy:
     """Create or lock the study and move its stable-study clock; reopen it if complete."""
     uid = header.StudyInstanceUID
-    _insert_ignoring_conflict(
-        session,
-        ImagingStudy,
-        {
-            "id": uuid.uuid4(),
-            "StudyInstanceUID": uid,
-            "state": StudyState.RECEIVING,
-            "version": 1,
-            "first_received_at": received_at,
-            "last_received_at": received_at,
-        },
-    )
+    session.execute(insert_ignoring_conflict(session, ImagingStudy), [new_study(uid, received_at)])
     study = session.scalars(
         select(ImagingStudy)
         .where(ImagingStudy.StudyInstanceUID == uid)
@@ -236,6 +264,49 @@ def _touch_study(
             DicomStudyVersion.study_id == study.id, DicomStudyVersion.version == study.version
         )
     ).one_or_none()
+    move_study_clock(
+        session=session,
+        study=study,
+        version=version,
+        header=header,
+        patient_id=patient_id,
+        received_at=received_at,
+        timing=timing,
+    )
+    session.flush()
+    return study
+
+
+def new_study(uid: str, received_at: dt.datetime) -> dict[str, Any]:
+    """The ``imaging_studies`` row of a study whose first instance arrived at ``received_at``."""
+    return {
+        "id": uuid.uuid4(),
+        "StudyInstanceUID": uid,
+        "state": StudyState.RECEIVING,
+        "version": 1,
+        "first_received_at": received_at,
+        "last_received_at": received_at,
+    }
+
+
+def move_study_clock(
+    *,
+    session: Session,
+    study: ImagingStudy,
+    version: DicomStudyVersion | None,
+    header: InstanceHeader,
+    patient_id: uuid.UUID | None,
+    received_at: dt.datetime,
+    timing: StudyTiming,
+) -> DicomStudyVersion:
+    """One more instance of the locked ``study``: move its clock, reopen it if complete.
+
+    Args:
+        version: the study's current version row, ``None`` when it has none yet.
+
+    Returns:
+        the current version row afterwards (added to the session when new).
+    """
     if study.state is StudyState.COMPLETE or version is None:
         if study.state is StudyState.COMPLETE:
             study.version += 1
@@ -261,26 +332,28 @@ def _touch_study(
         study.StudyDescription = header.StudyDescription
     if study.study_datetime is None:
         study.study_datetime = header.study_datetime(timing.site_zone)
-    session.flush()
-    return study
+    return version
 
 
 def _series_id(*, session: Session, header: InstanceHeader, study_id: uuid.UUID) -> uuid.UUID:
-    _insert_ignoring_conflict(
-        session,
-        ImagingSeries,
-        {
-            "id": uuid.uuid4(),
-            "study_id": study_id,
-            "SeriesInstanceUID": header.SeriesInstanceUID,
-            "Modality": header.Modality,
-            "BodyPartExamined": header.BodyPartExamined,
-            "SeriesNumber": header.SeriesNumber,
-            "SeriesDescription": header.SeriesDescription,
-        },
+    session.execute(
+        insert_ignoring_conflict(session, ImagingSeries), [new_series(header, study_id)]
     )
     series_id = session.scalar(
         select(ImagingSeries.id).where(ImagingSeries.SeriesInstanceUID == header.SeriesInstanceUID)
     )
     assert series_id is not None
     return series_id
+
+
+def new_series(header: InstanceHeader, study_id: uuid.UUID) -> dict[str, Any]:
+    """The ``imaging_series`` row of the series of ``header``, in study ``study_id``."""
+    return {
+        "id": uuid.uuid4(),
+        "study_id": study_id,
+        "SeriesInstanceUID": header.SeriesInstanceUID,
+        "Modality": header.Modality,
+        "BodyPartExamined": header.BodyPartExamined,
+        "SeriesNumber": header.SeriesNumber,
+        "SeriesDescription": header.SeriesDescription,
+    }

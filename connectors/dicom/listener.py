@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds.core.db.models import SourceItem
 from cds.core.db.types import utcnow
 from cds.core.runtime import EngineContext
+from connectors.dicom.batch import BatchIndexer
 from connectors.dicom.commitment import CommitmentReporter, parse_peers
 from connectors.dicom.index import StudyTiming
 from connectors.dicom.metrics import DicomMetrics
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 DETECTOR_MAX_SLEEP_S = 1.0
 #: Files unreferenced for this long are removed by the start-up cleanup.
 ORPHAN_GRACE = dt.timedelta(hours=1)
+#: Under CDSFUSION_DATA_DIR: the receiver processes' writers take turns on it (SQLite only).
+WRITER_LOCK_FILE = "dicom-index-writer.lock"
 
 
 class DicomListener:
@@ -68,15 +71,20 @@ class DicomListener:
             rules=self.rules,
             site_zone=ZoneInfo(settings.site_timezone),
         )
-        self.writer = IndexWriter(ctx.session_factory)
-        self.receiver = InstanceReceiver(
-            store=self.store,
-            writer=self.writer,
-            timing=self.timing,
-            policy=settings.dicom_duplicate_policy,
-            metrics=self.metrics,
-            issuer_map=settings.issuer_map,
+        self.writer = IndexWriter(
+            ctx.session_factory,
+            BatchIndexer(
+                timing=self.timing,
+                policy=settings.dicom_duplicate_policy,
+                issuer_map=dict(settings.issuer_map or {}),
+            ),
+            lock_path=(
+                settings.data_dir / WRITER_LOCK_FILE
+                if settings.is_sqlite and settings.dicom_receiver_processes > 1
+                else None
+            ),
         )
+        self.receiver = InstanceReceiver(store=self.store, writer=self.writer, metrics=self.metrics)
         self.reporter = CommitmentReporter(
             ae_title=settings.dicom_ae_title,
             peers=parse_peers(settings.dicom_commitment_peers),

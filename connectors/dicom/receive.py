@@ -6,8 +6,8 @@ The order is the promise (PS3.4 B.2.3 statuses, names in :mod:`.status`):
 2. write File Meta + data set to the content-addressed store with fsync (:mod:`.store`);
    a failure is ``A700`` out of resources;
 3. index it (:mod:`.index`) and commit, batched with the instances other associations
-   received meanwhile (:mod:`.writer`); a database failure is ``A701``, and the file
-   written in step 2 is an orphan that counts as nothing;
+   received meanwhile (:mod:`.writer`, :mod:`.batch`); a database failure is ``A701``,
+   and the file written in step 2 is an orphan that counts as nothing;
 4. only then success ``0000`` (or ``B000`` when keep-newest replaced other bytes).
 
 :meth:`InstanceReceiver.receive` never raises: an unexpected error is ``A7FF``.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydicom.dataset import FileMetaDataset
@@ -25,14 +24,13 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from cds.core.db.types import utcnow
 from cds.core.errors import ConflictError, InputError, StorageError
-from cds.core.settings import DicomDuplicatePolicy
 from connectors.dicom import status
+from connectors.dicom.batch import IndexRequest
 from connectors.dicom.header import InstanceHeader, MissingUIDError, read_header
-from connectors.dicom.index import IndexOutcome, StudyTiming, index_instance
+from connectors.dicom.index import IndexOutcome
 from connectors.dicom.metrics import DicomMetrics
 from connectors.dicom.store import ContentStore, StoredFile
 from connectors.dicom.writer import IndexWriter
@@ -79,29 +77,21 @@ class InstanceReceiver:
 
     Args:
         store: the content-addressed file store.
-        writer: the group-commit writer (started by the caller).
-        timing: stable-study parameters (quiet period, hard cap, rules, site zone).
-        policy: duplicate policy for same UID, other bytes.
+        writer: the group-commit writer (started by the caller), which applies the
+            stable-study timing, duplicate policy and issuer map (:class:`.batch.BatchIndexer`).
         metrics: Prometheus metrics of this process.
-        issuer_map: IssuerOfPatientID equivalences (``CDSFUSION_ISSUER_MAP``).
     """
 
     def __init__(
         self,
         *,
         store: ContentStore,
-        writer: IndexWriter,
-        timing: StudyTiming,
-        policy: DicomDuplicatePolicy,
+        writer: IndexWriter[IndexRequest, IndexOutcome],
         metrics: DicomMetrics,
-        issuer_map: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
-        self.timing = timing
-        self.policy = policy
         self.metrics = metrics
-        self.issuer_map = dict(issuer_map or {})
 
     def receive(
         self,
@@ -173,23 +163,15 @@ class InstanceReceiver:
     def _index(
         self, *, header: InstanceHeader, stored: StoredFile, transfer_syntax: str, sender: str
     ) -> StoreResult:
-        received_at = utcnow()
-
-        def work(session: Session) -> IndexOutcome:
-            return index_instance(
-                session=session,
-                header=header,
-                stored=stored,
-                transfer_syntax=transfer_syntax,
-                sender=sender,
-                received_at=received_at,
-                timing=self.timing,
-                policy=self.policy,
-                issuer_map=self.issuer_map,
-            )
-
+        request = IndexRequest(
+            header=header,
+            stored=stored,
+            transfer_syntax=transfer_syntax,
+            sender=sender,
+            received_at=utcnow(),
+        )
         try:
-            outcome = self.writer.submit(work)
+            outcome = self.writer.submit(request)
         except ConflictError:
             return StoreResult(
                 status.DUPLICATE_REJECTED, "SOP Instance UID already stored with other content"

@@ -1,24 +1,36 @@
 """Group commit: one writer thread per process indexes what every association received.
 
-Each association thread has already written its file durably; it hands the index work to
-the writer and waits. The writer takes everything that queued up while it was busy and
-runs it in one transaction, each instance in its own savepoint, then commits once and
-wakes the waiting threads. Every thread still answers only after the commit that holds its
-rows, so the durability promise is the same as one transaction per instance, but the
-database sees one commit (one WAL fsync on SQLite, one round trip on PostgreSQL) for a
-whole batch, and SQLite's single-writer lock is taken once per batch instead of being
-fought over by every association.
+Each association thread has already written its file durably; it hands its index request
+to the writer and waits. The writer takes every request that queued up while it was busy
+and indexes them together in one transaction (set-based, see :mod:`.batch`), then commits
+once and wakes the waiting threads. Every thread still answers only after the commit that
+holds its rows, so the durability promise is the same as one transaction per instance,
+but the database sees one commit (one WAL fsync on SQLite, one round trip on PostgreSQL)
+and a few multi-row statements for a whole batch, and SQLite's single-writer lock is taken
+once per batch instead of being fought over by every association.
 
-A failure inside one instance's savepoint affects that instance only; a failed commit
-fails every instance of the batch (none of them is acknowledged).
+The batch function returns one result per request: a value, or the exception that this
+request alone failed with (its rows rolled back). A failed commit fails every request of
+the batch (none of them is acknowledged).
+
+With several receiver processes on SQLite (``CDSFUSION_DICOM_RECEIVER_PROCESSES`` > 1) the
+writers of the processes take turns through an exclusive ``flock`` on a lock file, held
+from the first request of a batch to its commit. SQLite's own lock would serialise them
+too, but a writer waiting on it polls with sleeps of up to tens of milliseconds, while a
+process waiting on the file lock is woken the moment it is free (and meanwhile more
+requests join its batch). The file lock only schedules; the database's lock still guards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,44 +40,58 @@ from cds.core.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
+R = TypeVar("R")
 T = TypeVar("T")
 
+#: ``index_batch(session, requests)``: one result (or the request's own error) per request.
+BatchFunction = Callable[[Session, Sequence[R]], list[T | Exception]]
 
-class _Job(Generic[T]):
-    __slots__ = ("done", "error", "result", "work")
 
-    def __init__(self, work: Callable[[Session], T]) -> None:
-        self.work = work
+class _Job(Generic[R, T]):
+    __slots__ = ("done", "error", "request", "result")
+
+    def __init__(self, request: R) -> None:
+        self.request = request
         self.result: T | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
 
 
-class IndexWriter:
+class IndexWriter(Generic[R, T]):
     """The group-commit writer.
 
     Args:
         session_factory: timeline database sessions.
-        max_batch: most instances in one transaction. Defaults to 64.
+        index_batch: indexes a batch of requests in the given session (not committing).
+        max_batch: most requests in one transaction. Defaults to 64.
         wait_timeout_s: how long a caller waits for its commit before giving up (it
             then answers out-of-resources; the sender retries). Defaults to 120 s.
+        lock_path: file locked (``flock``) around each batch so that the writers of
+            several processes take turns; ``None`` (default) for a single process.
     """
 
     def __init__(
         self,
         session_factory: sessionmaker[Session],
+        index_batch: BatchFunction[R, T],
         *,
         max_batch: int = 64,
         wait_timeout_s: float = 120.0,
+        lock_path: Path | None = None,
     ) -> None:
         self.session_factory = session_factory
+        self.index_batch = index_batch
         self.max_batch = max_batch
         self.wait_timeout_s = wait_timeout_s
-        self._queue: queue.Queue[_Job[object] | None] = queue.Queue()
+        self.lock_path = lock_path
+        self._lock_fd: int | None = None
+        self._queue: queue.Queue[_Job[R, T] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is None:
+            if self.lock_path is not None:
+                self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             self._thread = threading.Thread(target=self._run, name="dicom-index-writer")
             self._thread.start()
 
@@ -75,18 +101,21 @@ class IndexWriter:
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout)
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
-    def submit(self, work: Callable[[Session], T]) -> T:
-        """Run ``work(session)`` in the next batch and return its result once committed.
+    def submit(self, request: R) -> T:
+        """Index ``request`` in the next batch and return its result once committed.
 
         Raises:
-            whatever ``work`` raised (its savepoint was rolled back), the commit's error,
-            or StorageError when the writer is not running or did not answer in time.
+            the error this request failed with (its rows were rolled back), the commit's
+            error, or StorageError when the writer is not running or did not answer in time.
         """
         if self._thread is None:
             raise StorageError("index writer not running")
-        job: _Job[T] = _Job(work)
-        self._queue.put(job)  # type: ignore[arg-type]
+        job: _Job[R, T] = _Job(request)
+        self._queue.put(job)
         if not job.done.wait(self.wait_timeout_s):
             raise StorageError("index commit did not complete in time")
         if job.error is not None:
@@ -99,33 +128,53 @@ class IndexWriter:
             first = self._queue.get()
             if first is None:
                 break
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stopping = True
-                    break
-                batch.append(job)
-            self._commit(batch)
+            with self._turn():
+                batch = [first]
+                while len(batch) < self.max_batch:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stopping = True
+                        break
+                    batch.append(job)
+                self._commit(batch)
 
-    def _commit(self, batch: list[_Job[object]]) -> None:
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This process's turn to write, when writers of several processes share a lock."""
+        fd = self._lock_fd
+        if fd is None:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # only scheduling is lost: the database still serialises
+            logger.warning("index writer lock unavailable (%s)", type(exc).__name__)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _commit(self, batch: list[_Job[R, T]]) -> None:
         try:
             with transaction(self.session_factory) as session:
-                for job in batch:
-                    try:
-                        with session.begin_nested():
-                            job.result = job.work(session)
-                    except Exception as exc:  # noqa: BLE001 - re-raised in the waiting thread
-                        job.error = exc
-        except Exception as exc:  # noqa: BLE001 - the commit failed: re-raised in each waiter
+                results = self.index_batch(session, [job.request for job in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} index results for {len(batch)} requests")
+            for job, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    job.error = result
+                else:
+                    job.result = result
+        except Exception as exc:  # noqa: BLE001 - the batch failed: re-raised in each waiter
             logger.error("index batch of %d failed to commit (%s)", len(batch), type(exc).__name__)
             for job in batch:
-                if job.error is None:
-                    job.error = exc
-                    job.result = None
+                job.error = exc
+                job.result = None
         finally:
             for job in batch:
                 job.done.set()

@@ -23,6 +23,7 @@ from fusion.model.heads import (
     EarlyHead,
     LateHead,
     PerceiverHead,
+    pool_groups,
 )
 
 GROUP_IMAGE, GROUP_NOTES, GROUP_LABS, GROUP_VITALS, GROUP_DEMOGRAPHICS = range(N_GROUPS)
@@ -80,6 +81,11 @@ class FusionModel(nn.Module):
             self.head = LateHead(d, config.dropout)
         else:
             self.head = AttentionWeightedHead(d, config.dropout)
+        self.auxiliary: nn.ModuleList | None = None
+        if config.train.auxiliary_weight > 0:
+            self.auxiliary = nn.ModuleList(
+                nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1)) for _ in MODALITIES
+            )
 
     def restrict(self, batch: Batch) -> Batch:
         """The batch with every modality outside ``config.modalities`` hidden."""
@@ -100,6 +106,39 @@ class FusionModel(nn.Module):
         Returns:
             (logits (B,), captured or None).
         """
+        tokens, mask, groups, _, captured = self._tokens(batch, capture)
+        logits: torch.Tensor = self.head(tokens, mask, groups)
+        return logits, captured
+
+    def forward_with_auxiliary(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits plus one auxiliary logit per modality, for training.
+
+        Each auxiliary head reads the mean of its modality's tokens before fusion, so its
+        loss trains every encoder to be predictive on its own (as in a single-modality
+        model), which the fused model needs when only that modality arrives.
+
+        Returns:
+            (logits (B,), auxiliary logits (B, 4) in MODALITIES order, presence (B, 4)
+            bool: where an auxiliary logit is meaningful).
+
+        Raises:
+            ValueError: When the model has no auxiliary heads
+                (``config.train.auxiliary_weight`` is 0).
+        """
+        if self.auxiliary is None:
+            raise ValueError("this model has no auxiliary heads (auxiliary_weight is 0)")
+        tokens, mask, groups, present, _ = self._tokens(batch, capture=False)
+        logits: torch.Tensor = self.head(tokens, mask, groups)
+        pooled = pool_groups(tokens, mask, groups)
+        auxiliary = torch.cat([head(pooled[:, g]) for g, head in enumerate(self.auxiliary)], dim=1)
+        return logits, auxiliary, present[:, : len(MODALITIES)]
+
+    def _tokens(
+        self, batch: Batch, capture: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Captured | None]:
+        """(tokens, mask, groups, presence (B, N_GROUPS), captured) of a batch."""
         batch = self.restrict(batch)
         n, d = batch.size, self.config.d_model
         parts: list[torch.Tensor] = []
@@ -147,8 +186,11 @@ class FusionModel(nn.Module):
         all_groups = torch.arange(N_GROUPS, device=present.device).expand(n, N_GROUPS)
         add(self.missing.unsqueeze(0).expand(n, -1, -1), ~present, all_groups)
 
-        tokens = torch.cat(parts, dim=1)
-        mask = torch.cat(masks, dim=1)
-        logits: torch.Tensor = self.head(tokens, mask, torch.cat(groups, dim=1))
         captured = Captured(note_embeds, obs_tokens, demo_tokens) if capture else None
-        return logits, captured
+        return (
+            torch.cat(parts, dim=1),
+            torch.cat(masks, dim=1),
+            torch.cat(groups, dim=1),
+            present,
+            captured,
+        )

@@ -111,11 +111,64 @@ def test_convnext_image_encoder(featurizer: Featurizer, inputs: list[BundleInput
     assert torch.isfinite(logits).all()
 
 
+def test_cnn_image_encoder(featurizer: Featurizer, inputs: list[BundleInput]) -> None:
+    config = preset("tiny")
+    config.image.kind, config.image.num_layers = "cnn", 2
+    model = FusionModel(config, featurizer.n_codes, featurizer.vocab_size).eval()
+    side = config.image.image_size // 4
+    assert model.image.n_tokens == side * side
+    logits, _ = model(_batch(featurizer, inputs, n=4))
+    assert logits.shape == (4,)
+    assert torch.isfinite(logits).all()
+
+
+def test_cnn_shape_probe_leaves_batchnorm_statistics_alone() -> None:
+    config = preset("tiny")
+    config.image.kind = "cnn"
+    model = FusionModel(config, n_codes=4, vocab_size=8)
+    for module in model.image.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.num_batches_tracked.item() == 0
+            assert torch.equal(module.running_mean, torch.zeros_like(module.running_mean))
+    assert model.image.training
+
+
+def test_auxiliary_heads(featurizer: Featurizer, inputs: list[BundleInput]) -> None:
+    config = preset("tiny")
+    config.train.auxiliary_weight = 0.5
+    model = FusionModel(config, featurizer.n_codes, featurizer.vocab_size).eval()
+    batch = _batch(featurizer, inputs, n=8)
+    logits, auxiliary, present = model.forward_with_auxiliary(batch)
+    assert torch.equal(logits, model(batch)[0])
+    assert auxiliary.shape == present.shape == (8, len(MODALITIES))
+    assert torch.equal(present, batch.presence())
+
+
+def test_no_auxiliary_heads_by_default_keeps_the_state_dict(
+    featurizer: Featurizer, inputs: list[BundleInput]
+) -> None:
+    model = FusionModel(preset("tiny"), featurizer.n_codes, featurizer.vocab_size)
+    assert model.auxiliary is None
+    assert not any(key.startswith("auxiliary") for key in model.state_dict())
+    with pytest.raises(ValueError):
+        model.forward_with_auxiliary(_batch(featurizer, inputs, n=2))
+
+
+def test_config_without_new_training_keys_still_loads() -> None:
+    data = preset("tiny").to_dict()
+    del data["train"]["single_modality_rate"], data["train"]["auxiliary_weight"]
+    config = FusionConfig.from_dict(data)
+    assert config.train.single_modality_rate == 0.0
+    assert config.train.auxiliary_weight == 0.0
+
+
 def test_invalid_config_is_refused() -> None:
     with pytest.raises(ConfigError):
         FusionConfig(fusion="concatenate")
     with pytest.raises(ConfigError):
         FusionConfig(modalities=("image", "genome"))
+    with pytest.raises(ConfigError):
+        preset("tiny").replace(image={"kind": "resnet"})
     with pytest.raises(ConfigError):
         preset("huge")
 

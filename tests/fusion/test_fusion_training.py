@@ -91,3 +91,50 @@ def test_resume_continues_exactly(
     straight = run(tmp_path / "straight.pt")
     resumed = run(interrupted)
     assert torch.allclose(straight, resumed, atol=1e-5)
+
+
+def test_modality_dropout_mask_single_views_keep_one_present_modality() -> None:
+    rng = np.random.default_rng(0)
+    presence = rng.random((500, 4)) < 0.7
+    hidden = training.modality_dropout_mask(presence, rng, rate=0.0, single_rate=1.0)
+    kept = presence & ~hidden
+    has_any = presence.any(axis=1)
+    assert (kept[has_any].sum(axis=1) == 1).all()
+    for modality in range(4):
+        assert kept[:, modality].any()
+
+
+def test_modality_dropout_mask_without_dropout_hides_nothing() -> None:
+    presence = np.ones((64, 4), dtype=bool)
+    hidden = training.modality_dropout_mask(
+        presence, np.random.default_rng(1), rate=0.0, single_rate=0.0
+    )
+    assert not hidden.any()
+
+
+def test_split_sizes() -> None:
+    from fusion.pipeline import split_indices
+
+    splits = split_indices(1000, seed=3)
+    sizes = {name: len(index) for name, index in splits.items()}
+    assert sizes == {"validation": 100, "calibration": 250, "train": 650}
+    assert len(np.unique(np.concatenate(list(splits.values())))) == 1000
+
+
+def test_training_with_single_modality_views_and_auxiliary_heads(
+    data: dict[str, object],
+) -> None:
+    featurizer = data["featurizer"]
+    assert isinstance(featurizer, Featurizer)
+    config = preset("tiny")
+    config.train.epochs, config.train.single_modality_rate = 2, 0.5
+    config.train.auxiliary_weight = 0.5
+    model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
+    assert model.auxiliary is not None
+    items, labels = data["train"], data["train_y"]
+    assert isinstance(items, list) and isinstance(labels, np.ndarray)
+    history = fit(
+        model, items[:300], labels[:300], items[300:400], labels[300:400], show_progress=False
+    )
+    assert np.isfinite(history["train_loss"]).all()
+    assert np.isfinite(predict_logits(model, items[400:450])).all()

@@ -82,3 +82,17 @@ def test_autogenerate_finds_no_difference(fresh_url: str) -> None:
         assert diff == []
     finally:
         engine.dispose()
+
+
+def test_held_items_lookup_uses_an_index(fresh_url: str) -> None:
+    """Regression: attach_held_items scanned all of source_items (no index on patient_ref)."""
+    migrate.upgrade(fresh_url)
+    engine = make_engine(fresh_url)
+    try:
+        indexes = {
+            i["name"]: i["column_names"] for i in inspect(engine).get_indexes("source_items")
+        }
+        assert indexes.get("ix_source_items_held") == ["patient_ref"]
+        assert "," not in (migrate.head_revision() or ""), "migrations should have one head"
+    finally:
+        engine.dispose()

@@ -24,7 +24,7 @@ from cds.core.db.models import (
 )
 from cds.core.errors import StorageError
 from cds.core.runtime import EngineContext
-from connectors.dicom import receive, status
+from connectors.dicom import status
 from connectors.dicom.listener import DicomListener
 from tests.connectors.dicom.conftest import (
     ListenerFactory,
@@ -278,10 +278,10 @@ def test_storage_and_database_failures_are_out_of_resources(
     assert send_files(listener.port, [path]) == [status.OUT_OF_RESOURCES_STORAGE]
     monkeypatch.undo()
 
-    def database_down(**_kwargs: object) -> None:
+    def database_down(*_args: object) -> None:
         raise OperationalError("INSERT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(receive, "index_instance", database_down)
+    monkeypatch.setattr(listener.writer, "index_batch", database_down)
     assert send_files(listener.port, [path]) == [status.OUT_OF_RESOURCES_DATABASE]
     monkeypatch.undo()
     assert rows(listener, SourceItem) == 0

@@ -6,7 +6,16 @@ import datetime as dt
 import enum
 import uuid
 
-from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, UniqueConstraint, Uuid
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cds.core.db.base import Base
@@ -46,6 +55,13 @@ class SourceItem(Base):
     __table_args__ = (
         UniqueConstraint("protocol", "namespace", "item_id", "item_version"),
         Index("ix_source_items_received_at", "received_at"),
+        # Items waiting for their patient, found by the reference they wait under.
+        Index(
+            "ix_source_items_held",
+            "patient_ref",
+            postgresql_where=text("patient_id IS NULL"),
+            sqlite_where=text("patient_id IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()

@@ -1,0 +1,442 @@
+"""Index a batch of stored instances with a few set-based statements, as if one by one.
+
+The group-commit writer (:mod:`.writer`) hands over every instance that queued up while it
+was busy. One by one (:func:`.index.index_instance`) each costs about twenty statements;
+here the whole batch costs about a dozen, most of them multi-row:
+
+1. source items: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` on the dedup key; a
+   row not inserted was stored before: same bytes are a duplicate, other bytes follow the
+   duplicate policy (see :mod:`.index`);
+2. patients: :func:`~cds.core.repository.patients.resolve_patient` once per distinct
+   patient, and items held under its identifiers attached, as ``ingest_item`` does;
+3. studies and series: read (studies locked) once per distinct UID, the missing ones
+   created with one ``INSERT ... ON CONFLICT DO NOTHING``; each instance then moves its
+   study's clock in batch order, exactly as it would alone (reopening a complete study);
+4. instances: one multi-row ``INSERT``.
+
+An instance whose SOPInstanceUID already occurred earlier in the batch goes into a later
+round, so it meets the earlier one's rows as it would one by one. Rows are inserted in UID
+order so that concurrent receiver processes take their locks in the same order.
+
+If any statement fails, the batch's savepoint is rolled back and each instance is indexed
+alone in a savepoint of its own: a failing instance still fails alone, with its own error,
+and nothing of it is half-stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Table, select, tuple_, update
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import Session
+
+from cds.core.clinical import IdentifierIn
+from cds.core.db.models import (
+    DicomStudyVersion,
+    ImagingInstance,
+    ImagingSeries,
+    ImagingStudy,
+    Protocol,
+    SourceItem,
+)
+from cds.core.errors import ConflictError
+from cds.core.repository.ingest import patient_ref_key
+from cds.core.repository.patients import attach_held_items, resolve_patient
+from cds.core.settings import DicomDuplicatePolicy
+from connectors.dicom.header import InstanceHeader
+from connectors.dicom.index import (
+    CONTENT_TYPE,
+    IndexOutcome,
+    StudyTiming,
+    identifiers_of,
+    index_instance,
+    insert_ignoring_conflict,
+    instance_values,
+    item_of,
+    move_study_clock,
+    new_series,
+    new_study,
+    replace_instance,
+    replace_source_item,
+)
+from connectors.dicom.store import StoredFile
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRequest:
+    """One stored instance waiting to be indexed (the arguments of ``index_instance``)."""
+
+    header: InstanceHeader
+    stored: StoredFile
+    transfer_syntax: str
+    sender: str
+    received_at: dt.datetime
+
+
+#: What indexing did with one instance, or the error that instance alone failed with
+#: (``ConflictError`` for a duplicate rejected by policy).
+IndexResult = IndexOutcome | Exception
+
+
+@dataclass(slots=True)
+class _Placed:
+    """An instance that gets rows: newly stored or replacing earlier bytes."""
+
+    request: IndexRequest
+    source_item_id: uuid.UUID
+    patient_id: uuid.UUID | None
+    replaced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchIndexer:
+    """:func:`index_batch` with this process's settings, as the writer calls it.
+
+    Attributes:
+        timing: stable-study parameters (quiet period, hard cap, rules, site zone).
+        policy: duplicate policy for same UID, other bytes.
+        issuer_map: IssuerOfPatientID equivalences (``CDSFUSION_ISSUER_MAP``).
+    """
+
+    timing: StudyTiming
+    policy: DicomDuplicatePolicy
+    issuer_map: Mapping[str, str] | None = None
+
+    def __call__(self, session: Session, requests: Sequence[IndexRequest]) -> list[IndexResult]:
+        return index_batch(
+            session=session,
+            requests=requests,
+            timing=self.timing,
+            policy=self.policy,
+            issuer_map=self.issuer_map,
+        )
+
+
+def index_batch(
+    *,
+    session: Session,
+    requests: Sequence[IndexRequest],
+    timing: StudyTiming,
+    policy: DicomDuplicatePolicy,
+    issuer_map: Mapping[str, str] | None = None,
+) -> list[IndexResult]:
+    """Index ``requests`` in the caller's transaction; one result per request, in order.
+
+    Never raises for one instance's failure: that instance's result is the exception (its
+    rows were rolled back). An error of the session itself surfaces at the caller's commit.
+    """
+    results: list[IndexResult] = []
+    try:
+        with session.begin_nested():
+            results = [IndexOutcome.STORED] * len(requests)
+            for round_ in _rounds(requests):
+                outcomes = _index_round(
+                    session=session,
+                    requests=[requests[i] for i in round_],
+                    timing=timing,
+                    policy=policy,
+                    issuer_map=issuer_map,
+                )
+                for i, outcome in zip(round_, outcomes, strict=True):
+                    results[i] = outcome
+    except Exception as exc:  # noqa: BLE001 - each instance is retried alone below
+        logger.warning(
+            "index batch of %d failed (%s); indexing its instances one by one",
+            len(requests),
+            type(exc).__name__,
+        )
+    else:
+        _log(results)
+        return results
+    return [
+        _index_alone(
+            session=session, request=r, timing=timing, policy=policy, issuer_map=issuer_map
+        )
+        for r in requests
+    ]
+
+
+def _index_alone(
+    *,
+    session: Session,
+    request: IndexRequest,
+    timing: StudyTiming,
+    policy: DicomDuplicatePolicy,
+    issuer_map: Mapping[str, str] | None,
+) -> IndexResult:
+    try:
+        with session.begin_nested():
+            return index_instance(
+                session=session,
+                header=request.header,
+                stored=request.stored,
+                transfer_syntax=request.transfer_syntax,
+                sender=request.sender,
+                received_at=request.received_at,
+                timing=timing,
+                policy=policy,
+                issuer_map=issuer_map,
+            )
+    except Exception as exc:  # noqa: BLE001 - this instance's status says what happened
+        return exc
+
+
+def _rounds(requests: Sequence[IndexRequest]) -> list[list[int]]:
+    """Positions in rounds: the k-th occurrence of each SOPInstanceUID is in round k."""
+    rounds: list[list[int]] = []
+    seen: Counter[str] = Counter()
+    for i, request in enumerate(requests):
+        k = seen[request.header.SOPInstanceUID]
+        seen[request.header.SOPInstanceUID] += 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(i)
+    return rounds
+
+
+def _index_round(
+    *,
+    session: Session,
+    requests: list[IndexRequest],
+    timing: StudyTiming,
+    policy: DicomDuplicatePolicy,
+    issuer_map: Mapping[str, str] | None,
+) -> list[IndexResult]:
+    """Index requests with distinct SOPInstanceUIDs."""
+    results: list[IndexResult] = [IndexOutcome.DUPLICATE] * len(requests)
+    inserted = _insert_source_items(session=session, requests=requests)
+    placed: list[tuple[int, _Placed]] = []
+    earlier = [r for r in requests if r.header.SOPInstanceUID not in inserted]
+    stored_before = _stored_before(session=session, requests=earlier)
+    for i, request in enumerate(requests):
+        uid = request.header.SOPInstanceUID
+        if uid in inserted:
+            placed.append((i, _Placed(request, inserted[uid], None, replaced=False)))
+            continue
+        existing_id, existing_sha = stored_before[uid]
+        if existing_sha == request.stored.sha256:
+            continue  # a duplicate: nothing changes
+        if policy is DicomDuplicatePolicy.REJECT:
+            results[i] = ConflictError(
+                f"dicom item already stored as {existing_id} with different content"
+            )
+            continue
+        source_item_id, patient_id = replace_source_item(
+            session=session,
+            item=item_of(
+                header=request.header,
+                stored=request.stored,
+                sender=request.sender,
+                received_at=request.received_at,
+            ),
+            issuer_map=issuer_map,
+        )
+        placed.append((i, _Placed(request, source_item_id, patient_id, replaced=True)))
+        results[i] = IndexOutcome.REPLACED
+    if not placed:
+        return results
+    _place_on_patients(
+        session=session, new=[p for _, p in placed if not p.replaced], issuer_map=issuer_map
+    )
+    study_ids = _touch_studies(session=session, placed=[p for _, p in placed], timing=timing)
+    series_ids = _series_ids(session=session, placed=[p for _, p in placed], study_ids=study_ids)
+    new_rows = []
+    for i, p in placed:
+        header = p.request.header
+        values = instance_values(
+            header=header,
+            stored=p.request.stored,
+            transfer_syntax=p.request.transfer_syntax,
+            received_at=p.request.received_at,
+            series_id=series_ids[header.SeriesInstanceUID],
+            source_item_id=p.source_item_id,
+        )
+        if p.replaced:
+            replace_instance(session=session, values=values)
+        else:
+            new_rows.append({"id": uuid.uuid4(), **values})
+            results[i] = IndexOutcome.STORED
+    if new_rows:
+        session.connection().execute(
+            _table(ImagingInstance).insert(),
+            _column_keys(ImagingInstance, _by(new_rows, "SOPInstanceUID")),
+        )
+    session.flush()
+    return results
+
+
+def _insert_source_items(*, session: Session, requests: list[IndexRequest]) -> dict[str, uuid.UUID]:
+    """Insert the source items that are new; their ids by SOPInstanceUID."""
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "protocol": Protocol.DICOM,
+            "namespace": "",
+            "item_id": r.header.SOPInstanceUID,
+            "item_version": "",
+            "sender": r.sender[:255],
+            "content_type": CONTENT_TYPE,
+            "content_sha256": r.stored.sha256,
+            "size_bytes": r.stored.size_bytes,
+            "storage_key": r.stored.storage_key,
+            "received_at": r.received_at,
+        }
+        for r in requests
+    ]
+    table = _table(SourceItem)
+    statement = insert_ignoring_conflict(session, table).returning(table.c.item_id, table.c.id)
+    inserted = session.connection().execute(statement, _by(rows, "item_id"))
+    return {item_id: id_ for item_id, id_ in inserted}
+
+
+def _stored_before(
+    *, session: Session, requests: list[IndexRequest]
+) -> dict[str, tuple[uuid.UUID, str]]:
+    """Source item id and content hash of instances stored earlier, by SOPInstanceUID."""
+    if not requests:
+        return {}
+    rows = session.connection().execute(
+        select(SourceItem.item_id, SourceItem.id, SourceItem.content_sha256).where(
+            SourceItem.protocol == Protocol.DICOM,
+            SourceItem.namespace == "",
+            SourceItem.item_version == "",
+            SourceItem.item_id.in_([r.header.SOPInstanceUID for r in requests]),
+        )
+    )
+    return {item_id: (id_, sha) for item_id, id_, sha in rows}
+
+
+def _place_on_patients(
+    *, session: Session, new: list[_Placed], issuer_map: Mapping[str, str] | None
+) -> None:
+    """New items onto their patients, resolved once per distinct identifier set."""
+    by_patient: dict[tuple[IdentifierIn, ...], list[_Placed]] = {}
+    for p in new:
+        identifiers = identifiers_of(p.request.header)
+        if identifiers:
+            by_patient.setdefault(identifiers, []).append(p)
+    for identifiers, items in by_patient.items():
+        patient_id = resolve_patient(
+            session=session, identifiers=identifiers, issuer_map=issuer_map
+        )
+        for ident in identifiers:
+            attach_held_items(
+                session=session,
+                patient_id=patient_id,
+                patient_ref=patient_ref_key(ident, issuer_map),
+            )
+        session.execute(
+            update(SourceItem)
+            .where(SourceItem.id.in_([p.source_item_id for p in items]))
+            .values(patient_id=patient_id)
+        )
+        for p in items:
+            p.patient_id = patient_id
+
+
+def _touch_studies(
+    *, session: Session, placed: list[_Placed], timing: StudyTiming
+) -> dict[str, uuid.UUID]:
+    """Create or lock each distinct study once, then move its clock per instance in order."""
+    first_at: dict[str, dt.datetime] = {}
+    for p in placed:
+        first_at.setdefault(p.request.header.StudyInstanceUID, p.request.received_at)
+    studies = _lock_studies(session=session, uids=list(first_at))
+    missing = [uid for uid in first_at if uid not in studies]
+    if missing:
+        rows = [new_study(uid, first_at[uid]) for uid in missing]
+        session.execute(
+            insert_ignoring_conflict(session, ImagingStudy), _by(rows, "StudyInstanceUID")
+        )
+        studies.update(_lock_studies(session=session, uids=missing))
+    # Read after the lock, in a statement of its own: on PostgreSQL a study locked after a
+    # concurrent receiver reopened it must see that receiver's new version row too.
+    current = tuple_(DicomStudyVersion.study_id, DicomStudyVersion.version).in_(
+        [(study.id, study.version) for study in studies.values()]
+    )
+    versions = {v.study_id: v for v in session.scalars(select(DicomStudyVersion).where(current))}
+    for p in placed:
+        study = studies[p.request.header.StudyInstanceUID]
+        versions[study.id] = move_study_clock(
+            session=session,
+            study=study,
+            version=versions.get(study.id),
+            header=p.request.header,
+            patient_id=p.patient_id,
+            received_at=p.request.received_at,
+            timing=timing,
+        )
+    session.flush()
+    return {uid: study.id for uid, study in studies.items()}
+
+
+def _lock_studies(*, session: Session, uids: list[str]) -> dict[str, ImagingStudy]:
+    """``SELECT ... FOR UPDATE`` the studies, in UID order, refreshing loaded objects."""
+    found = session.scalars(
+        select(ImagingStudy)
+        .where(ImagingStudy.StudyInstanceUID.in_(uids))
+        .order_by(ImagingStudy.StudyInstanceUID)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {study.StudyInstanceUID: study for study in found}
+
+
+def _series_ids(
+    *, session: Session, placed: list[_Placed], study_ids: Mapping[str, uuid.UUID]
+) -> dict[str, uuid.UUID]:
+    """Each distinct series' id, creating the missing ones from their first instance."""
+    first: dict[str, InstanceHeader] = {}
+    for p in placed:
+        first.setdefault(p.request.header.SeriesInstanceUID, p.request.header)
+    ids = _find_series(session=session, uids=list(first))
+    missing = [uid for uid in first if uid not in ids]
+    if missing:
+        rows = [new_series(first[uid], study_ids[first[uid].StudyInstanceUID]) for uid in missing]
+        session.execute(
+            insert_ignoring_conflict(session, ImagingSeries), _by(rows, "SeriesInstanceUID")
+        )
+        ids.update(_find_series(session=session, uids=missing))
+    return ids
+
+
+def _find_series(*, session: Session, uids: list[str]) -> dict[str, uuid.UUID]:
+    rows = session.connection().execute(
+        select(ImagingSeries.SeriesInstanceUID, ImagingSeries.id).where(
+            ImagingSeries.SeriesInstanceUID.in_(uids)
+        )
+    )
+    return {uid: id_ for uid, id_ in rows}
+
+
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def _column_keys(model: type[Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows keyed by the model's attribute names, keyed by its table's column names."""
+    keys = {attr: column.key for attr, column in sa_inspect(model).columns.items()}
+    return [{keys[attr]: value for attr, value in row.items()} for row in rows]
+
+
+def _by(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Rows in key order: concurrent writers then lock unique keys in the same order."""
+    return sorted(rows, key=lambda row: str(row[key]))
+
+
+def _log(results: list[IndexResult]) -> None:
+    counts = Counter(r.value if isinstance(r, IndexOutcome) else "rejected" for r in results)
+    logger.info(
+        "indexed %d dicom instances: %s",
+        len(results),
+        ", ".join(f"{n} {name}" for name, n in sorted(counts.items())),
+    )
