@@ -8,7 +8,7 @@ events, grows the same database to 1M, measures again, and prints the ratio.
 
 Goal (issue 5): p95 <= 10 ms at 1M events, and at most 1.5x the 100k figure.
 
-Usage: python bench/aligner.py [--events-small 100000] [--events-large 1000000]
+Usage: python -m bench.aligner [--events-small 100000] [--events-large 1000000]
        (PostgreSQL from CDSFUSION_BENCH_POSTGRES_URL, default the machine's test server)
 """
 
@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import random
 import statistics
 import time
 import uuid
 
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from bench.pg import DEFAULT_SERVER, create_database, drop_database
 from cds.core import migrate
 from cds.core.aligner.align import align
 from cds.core.aligner.task import load_tasks
@@ -172,14 +171,8 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=5_000)
     parser.add_argument("--samples", type=int, default=400)
     args = parser.parse_args()
-    server = os.environ.get(
-        "CDSFUSION_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
-    name = f"cdsfusion_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    server = DEFAULT_SERVER
+    name, url = create_database(server, "cdsfusion_bench")
     rng = random.Random(7)
     try:
         migrate.upgrade(url)
@@ -236,9 +229,7 @@ def main() -> None:
         )
         engine.dispose()
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(server, name)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,12 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from bench.pg import DEFAULT_SERVER, create_database, drop_database
 from cds.core import migrate
 from cds.demo.run import DEMO_SYSTEM, live_patients
 from cds.demo.senders import send_patient
@@ -125,16 +123,10 @@ def main() -> None:
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/14")
     parser.add_argument(
         "--postgres",
-        default=os.environ.get(
-            "CDSFUSION_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        ),
+        default=DEFAULT_SERVER,
     )
     args = parser.parse_args()
-    name = f"cdsfusion_e2e_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    pg_url = make_url(args.postgres).set(database=name).render_as_string(hide_password=False)
+    name, pg_url = create_database(args.postgres, "cdsfusion_e2e")
     results: dict[str, list[float]] = {}
     try:
         migrate.upgrade(pg_url)
@@ -169,9 +161,7 @@ def main() -> None:
                 )
                 results[mode] = run_mode(mode, env, work, args.patients, seed)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(args.postgres, name)
     print(
         f"\nlast instance received -> RiskAssessment readable over FHIR, quiet period {args.quiet:.1f} s, "
         f"{args.patients} patients each (tiny model, CPU)"

@@ -25,9 +25,9 @@ import uuid
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
+from bench.pg import DEFAULT_SERVER, create_database, drop_database
 from cds.core import migrate
 from cds.core.db.models import Bundle, Prediction, ScoringJob
 from cds.core.db.session import make_engine, make_session_factory, transaction
@@ -55,16 +55,10 @@ def main() -> None:
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")
     parser.add_argument(
         "--postgres",
-        default=os.environ.get(
-            "CDSFUSION_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        ),
+        default=DEFAULT_SERVER,
     )
     args = parser.parse_args()
-    name = f"cdsfusion_e2e_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(args.postgres).set(database=name).render_as_string(hide_password=False)
+    name, url = create_database(args.postgres, "cdsfusion_e2e")
     worker: subprocess.Popen[bytes] | None = None
     try:
         with TemporaryDirectory() as tmp:
@@ -150,9 +144,7 @@ def main() -> None:
         if worker is not None:
             worker.terminate()
             worker.wait(30)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(args.postgres, name)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,35 @@ class WorkerMetrics:
         )
 
 
+def scoring_batcher(
+    wctx: WorkerContext,
+    scorer: Scorer,
+    metrics: WorkerMetrics,
+    *,
+    max_batch: int,
+    max_wait_s: float,
+    name: str,
+) -> DynamicBatcher[uuid.UUID, Outcome]:
+    """A batcher that scores job ids with ``scorer`` and records the worker metrics.
+
+    Used by the embedded worker and by ``cdsfusion worker``; the caller starts it.
+    """
+
+    def run(job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Outcome]:
+        outcomes = score_jobs(wctx=wctx, scorer=scorer, job_ids=job_ids)
+        for outcome in outcomes.values():
+            metrics.jobs.labels(outcome.value).inc()
+        return outcomes
+
+    def observe(size: int, seconds: float) -> None:
+        metrics.batch_size.observe(size)
+        metrics.batch_seconds.observe(seconds)
+
+    return DynamicBatcher(
+        run, max_batch=max_batch, max_wait_s=max_wait_s, on_batch=observe, name=name
+    )
+
+
 class EmbeddedWorker:
     """Scores jobs in this process; dispatch is a queue put.
 
@@ -95,23 +124,12 @@ class EmbeddedWorker:
             worker=f"{socket.gethostname()}:{os.getpid()}:embedded",
             policy=self._policy,
         )
-        scorer = self._scorer
-
-        def run(job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Outcome]:
-            outcomes = score_jobs(wctx=wctx, scorer=scorer, job_ids=list(job_ids))
-            for outcome in outcomes.values():
-                self.metrics.jobs.labels(outcome.value).inc()
-            return outcomes
-
-        def observe(size: int, seconds: float) -> None:
-            self.metrics.batch_size.observe(size)
-            self.metrics.batch_seconds.observe(seconds)
-
-        self._batcher = DynamicBatcher(
-            run,
+        self._batcher = scoring_batcher(
+            wctx,
+            self._scorer,
+            self.metrics,
             max_batch=self._max_batch,
             max_wait_s=self._max_wait_s,
-            on_batch=observe,
             name="embedded-worker",
         )
         self._batcher.start()

@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
 
 from celery import Celery, Task
 from prometheus_client import start_http_server
@@ -21,11 +20,10 @@ from cds.core.pipeline.compose import retry_policy, tasks_for
 from cds.core.runtime import EngineContext
 from cds.core.settings import Settings
 from worker.app import SCORE_TASK, SCORING_QUEUE, make_celery
-from worker.batcher import DynamicBatcher
-from worker.embedded import WorkerMetrics
+from worker.embedded import WorkerMetrics, scoring_batcher
 from worker.gpu import register_gpu_metrics
 from worker.model import load_predictor
-from worker.scoring import Outcome, WorkerContext, score_jobs
+from worker.scoring import WorkerContext
 
 logger = logging.getLogger(__name__)
 
@@ -52,21 +50,12 @@ def build_worker(settings: Settings, *, metrics_port: int | None) -> tuple[Celer
         policy=retry_policy(settings),
     )
 
-    def run(job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Outcome]:
-        outcomes = score_jobs(wctx=wctx, scorer=predictor, job_ids=job_ids)
-        for outcome in outcomes.values():
-            metrics.jobs.labels(outcome.value).inc()
-        return outcomes
-
-    def observe(size: int, seconds: float) -> None:
-        metrics.batch_size.observe(size)
-        metrics.batch_seconds.observe(seconds)
-
-    batcher: DynamicBatcher[uuid.UUID, Outcome] = DynamicBatcher(
-        run,
+    batcher = scoring_batcher(
+        wctx,
+        predictor,
+        metrics,
         max_batch=settings.worker_batch_size,
         max_wait_s=settings.worker_max_wait_ms / 1000,
-        on_batch=observe,
         name="gpu-batcher",
     )
     batcher.start()

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Table, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cds.core.db.models import (
@@ -25,15 +24,9 @@ from cds.core.db.models import (
     PredictionStatus,
 )
 from cds.core.db.types import utcnow
+from cds.core.db.upsert import insert_ignoring_conflicts
 from cds.core.pipeline.jobs import finish_many
 from cds.core.repository.outbox import TOPIC_PREDICTION
-
-
-def insert_ignoring_conflicts(session: Session, table: Table, index: list[str]) -> Any:
-    """``INSERT .. ON CONFLICT (index) DO NOTHING`` in the session's dialect."""
-    dialect = session.get_bind().dialect.name
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing(index_elements=index)
 
 
 def supersede_older(session: Session, bundle: Bundle, newest_id: uuid.UUID) -> list[uuid.UUID]:

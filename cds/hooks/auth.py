@@ -49,12 +49,11 @@ import jwt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from cds.core.db.models import HookTokenUse
 from cds.core.db.types import utcnow
+from cds.core.db.upsert import insert_ignoring_conflicts
 from cds.core.errors import ConfigurationError, InputError
 
 logger = logging.getLogger(__name__)
@@ -364,14 +363,10 @@ class ReplayGuard:
             "expires_at": principal.expires_at + dt.timedelta(seconds=LEEWAY_S),
             "seen_at": utcnow(),
         }
-        insert = (
-            postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        )
         # One statement, no savepoint: the primary key decides, in every process.
         inserted = session.execute(
-            insert(HookTokenUse)
+            insert_ignoring_conflicts(session, HookTokenUse)
             .values(**values)
-            .on_conflict_do_nothing()
             .returning(HookTokenUse.jti)
         ).first()
         if inserted is None:

@@ -46,6 +46,7 @@ from cds.core.db.models import (
     Protocol,
     SourceItem,
 )
+from cds.core.db.upsert import insert_ignoring_conflicts
 from cds.core.errors import ConflictError
 from cds.core.repository.ingest import patient_ref_key
 from cds.core.repository.patients import attach_held_items, resolve_patient
@@ -57,7 +58,6 @@ from connectors.dicom.index import (
     StudyTiming,
     identifiers_of,
     index_instance,
-    insert_ignoring_conflict,
     instance_values,
     item_of,
     move_study_clock,
@@ -293,7 +293,7 @@ def _insert_source_items(*, session: Session, requests: list[IndexRequest]) -> d
         for r in requests
     ]
     table = _table(SourceItem)
-    statement = insert_ignoring_conflict(session, table).returning(table.c.item_id, table.c.id)
+    statement = insert_ignoring_conflicts(session, table).returning(table.c.item_id, table.c.id)
     inserted = session.connection().execute(statement, _by(rows, "item_id"))
     return {item_id: id_ for item_id, id_ in inserted}
 
@@ -355,7 +355,7 @@ def _touch_studies(
     if missing:
         rows = [new_study(uid, first_at[uid]) for uid in missing]
         session.execute(
-            insert_ignoring_conflict(session, ImagingStudy), _by(rows, "StudyInstanceUID")
+            insert_ignoring_conflicts(session, ImagingStudy), _by(rows, "StudyInstanceUID")
         )
         studies.update(_lock_studies(session=session, uids=missing))
     # Read after the lock, in a statement of its own: on PostgreSQL a study locked after a
@@ -403,7 +403,7 @@ def _series_ids(
     if missing:
         rows = [new_series(first[uid], study_ids[first[uid].StudyInstanceUID]) for uid in missing]
         session.execute(
-            insert_ignoring_conflict(session, ImagingSeries), _by(rows, "SeriesInstanceUID")
+            insert_ignoring_conflicts(session, ImagingSeries), _by(rows, "SeriesInstanceUID")
         )
         ids.update(_find_series(session=session, uids=missing))
     return ids

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cds.core.clinical import IdentifierIn, ItemIn, SourceItemIn
@@ -43,6 +42,7 @@ from cds.core.db.models import (
     SourceItem,
     StudyState,
 )
+from cds.core.db.upsert import insert_ignoring_conflicts
 from cds.core.errors import ConflictError
 from cds.core.repository.ingest import ingest_item
 from cds.core.repository.patients import resolve_patient
@@ -228,20 +228,6 @@ def replace_source_item(
     return row.id, patient_id
 
 
-def insert_ignoring_conflict(
-    session: Session, target: type[Any] | Table
-) -> postgresql.Insert | sqlite.Insert:
-    """``INSERT ... ON CONFLICT DO NOTHING``, to execute with a list of rows.
-
-    Concurrent receivers race on unique UIDs; the loser's row is simply not inserted. The
-    rows go as parameters, not ``values()``, so the statement is compiled once and cached,
-    and SQLAlchemy sends many rows as one multi-row ``INSERT``.
-    """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(target).on_conflict_do_nothing()
-
-
 def _touch_study(
     *,
     session: Session,
@@ -252,7 +238,7 @@ def _touch_study(
 ) -> ImagingStudy:
     """Create or lock the study and move its stable-study clock; reopen it if complete."""
     uid = header.StudyInstanceUID
-    session.execute(insert_ignoring_conflict(session, ImagingStudy), [new_study(uid, received_at)])
+    session.execute(insert_ignoring_conflicts(session, ImagingStudy), [new_study(uid, received_at)])
     study = session.scalars(
         select(ImagingStudy)
         .where(ImagingStudy.StudyInstanceUID == uid)
@@ -337,7 +323,7 @@ def move_study_clock(
 
 def _series_id(*, session: Session, header: InstanceHeader, study_id: uuid.UUID) -> uuid.UUID:
     session.execute(
-        insert_ignoring_conflict(session, ImagingSeries), [new_series(header, study_id)]
+        insert_ignoring_conflicts(session, ImagingSeries), [new_series(header, study_id)]
     )
     series_id = session.scalar(
         select(ImagingSeries.id).where(ImagingSeries.SeriesInstanceUID == header.SeriesInstanceUID)

@@ -14,15 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from cds.core import migrate
 from cds.core.db.models import Bundle, JobState, Prediction, ScoringJob
 from cds.core.db.session import make_engine, make_session_factory, transaction
 from tests.conftest import free_port
@@ -53,20 +51,6 @@ def _broker_up(url: str) -> bool:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture
-def pg_url(postgres_server_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"cdsfusion_dist_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def _purge(broker: str) -> None:
@@ -130,14 +114,14 @@ def _wait(check: Callable[[], bool], timeout: float, cluster: Cluster) -> None:
     ids=["redis", "rabbitmq"],
 )
 def test_every_bundle_scored_exactly_once_through_faults(
-    broker: str, restart: list[str], pg_url: str, model_dir: Path, tmp_path: Path
+    broker: str, restart: list[str], fresh_postgres_url: str, model_dir: Path, tmp_path: Path
 ) -> None:
     if not _broker_up(broker):
         pytest.skip(f"broker not reachable: {make_url(broker).drivername}")
     _purge(broker)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDSFUSION_")}
     env.update(
-        CDSFUSION_DATABASE_URL=pg_url,
+        CDSFUSION_DATABASE_URL=fresh_postgres_url,
         CDSFUSION_BROKER_URL=broker,
         CDSFUSION_DATA_DIR=str(tmp_path),
         CDSFUSION_MODEL_DIR=str(model_dir),
@@ -149,7 +133,7 @@ def test_every_bundle_scored_exactly_once_through_faults(
         CDSFUSION_DICOM_PORT="0",
         CDSFUSION_MLLP_PORT="0",
     )
-    engine = make_engine(pg_url)
+    engine = make_engine(fresh_postgres_url)
     factory = make_session_factory(engine)
     cluster = Cluster(env, tmp_path)
     try:

@@ -86,34 +86,14 @@ def mark_dispatched(*, session: Session, job_id: uuid.UUID) -> None:
         job.updated_at = utcnow()
 
 
-def claim(
-    *, session: Session, job_id: uuid.UUID, worker: str, policy: RetryPolicy
-) -> ScoringJob | None:
-    """Take a job for scoring; ``None`` when it is finished, dead, or held by another
-    worker whose lease has not expired (a duplicate delivery).
-    """
-    job = session.get(ScoringJob, job_id, with_for_update=True)
-    if job is None or job.state in (JobState.DONE, JobState.DEAD):
-        return None
-    now = utcnow()
-    if job.state is JobState.RUNNING and job.updated_at > now - dt.timedelta(
-        seconds=policy.lease_s
-    ):
-        return None
-    job.state = JobState.RUNNING
-    job.attempts += 1
-    job.worker = worker
-    job.updated_at = now
-    return job
-
-
 def claim_many(
     *, session: Session, job_ids: list[uuid.UUID], worker: str, policy: RetryPolicy
 ) -> dict[uuid.UUID, uuid.UUID]:
     """Claim a batch of jobs in one statement; returns job id -> bundle id of those taken.
 
-    The same rule as :func:`claim`: finished, dead, and running-within-lease jobs are left
-    alone (a concurrent claimer waits on the row lock and then sees them running).
+    Finished and dead jobs, and running jobs whose lease has not expired (a duplicate
+    delivery), are left alone; a concurrent claimer waits on the row lock and then sees
+    them running.
     """
     if not job_ids:
         return {}
@@ -143,12 +123,6 @@ def finish_many(*, session: Session, job_ids: list[uuid.UUID]) -> None:
             .values(state=JobState.DONE, last_error=None, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )
-
-
-def finish(*, session: Session, job: ScoringJob) -> None:
-    job.state = JobState.DONE
-    job.last_error = None
-    job.updated_at = utcnow()
 
 
 def fail(*, session: Session, job_id: uuid.UUID, error: str, policy: RetryPolicy) -> JobState:

@@ -6,12 +6,11 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cds.core.db.models import OutboxMessage
+from cds.core.db.models import OutboxMessage, OutboxState
 from cds.core.db.types import utcnow
+from cds.core.db.upsert import insert_ignoring_conflicts
 
 #: Topic announcing events newly placed on a patient's timeline (anchors and late data).
 TOPIC_TIMELINE = "timeline.events"
@@ -33,22 +32,22 @@ def enqueue(
     Returns:
         True when a new message was written.
     """
-    if session.scalar(select(OutboxMessage.id).where(OutboxMessage.dedup_key == dedup_key)):
-        return False
-    try:
-        with session.begin_nested():
-            session.add(
-                OutboxMessage(
-                    topic=topic,
-                    dedup_key=dedup_key,
-                    aggregate_id=aggregate_id,
-                    payload=payload,
-                    next_attempt_at=not_before or utcnow(),
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
+    written = session.execute(
+        insert_ignoring_conflicts(session, OutboxMessage, ["dedup_key"])
+        .values(
+            id=uuid.uuid4(),
+            topic=topic,
+            dedup_key=dedup_key,
+            aggregate_id=aggregate_id,
+            payload=payload,
+            state=OutboxState.PENDING,
+            attempts=0,
+            next_attempt_at=not_before or utcnow(),
+            created_at=utcnow(),
+        )
+        .returning(OutboxMessage.id)
+    ).first()
+    return written is not None
 
 
 def announce_events(

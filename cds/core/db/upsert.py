@@ -1,0 +1,31 @@
+"""``INSERT .. ON CONFLICT DO NOTHING`` on both engines: dedup by unique key, one statement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+
+def insert_ignoring_conflicts(
+    session: Session, target: type[Any] | Table, index: list[str] | None = None
+) -> postgresql.Insert | sqlite.Insert:
+    """An insert whose rows that hit a unique constraint are skipped, not errors.
+
+    Concurrent writers race on unique keys; the loser's row is simply not inserted, with no
+    savepoint. Pass rows as parameters (a list of dicts) rather than ``values()`` so the
+    statement is compiled once and many rows go as one multi-row ``INSERT``; add
+    ``.returning(..)`` to learn which rows were new.
+
+    Args:
+        session: gives the dialect (PostgreSQL or SQLite).
+        target: a mapped class or a table.
+        index: the conflict target's columns; ``None`` means any unique constraint.
+    """
+    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = module.insert(target)
+    if index is None:
+        return statement.on_conflict_do_nothing()  # type: ignore[no-any-return]
+    return statement.on_conflict_do_nothing(index_elements=index)  # type: ignore[no-any-return]
