@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cds.api.outcome import outcome_response
 from cds.core.runtime import EngineContext
@@ -52,15 +53,51 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _route_template(request: Request) -> str:
+def _route_template(scope: Scope) -> str:
     """The matched route's path template, so metrics and logs never carry raw ids.
 
     The router records the route it matched in the ASGI scope (``scope["route"]``), also for
     routes of included routers; a request no route matched is ``unmatched``.
     """
-    route = request.scope.get("route")
+    route = scope.get("route")
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return str(path) if path else "unmatched"
+
+
+class _ObserveMiddleware:
+    """Counts and times every HTTP request by method, route template and status.
+
+    A plain ASGI middleware (not ``@app.middleware``, whose per-request task and body
+    streaming cost more than many endpoints): it sees the status in ``http.response.start``
+    and, after the app returns, the route the router matched in the shared scope.
+    """
+
+    def __init__(self, app: ASGIApp, *, requests: Counter, latency: Histogram) -> None:
+        self._app = app
+        self._requests = requests
+        self._latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self._app(scope, receive, observed_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            method, route = str(scope.get("method", "")), _route_template(scope)
+            self._requests.labels(method, route, str(status)).inc()
+            self._latency.labels(method, route).observe(elapsed)
+            logger.info("%s %s -> %d in %.1f ms", method, route, status, elapsed * 1e3)
 
 
 def _install_metrics(app: FastAPI, ctx: EngineContext) -> None:
@@ -78,22 +115,7 @@ def _install_metrics(app: FastAPI, ctx: EngineContext) -> None:
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     )
 
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            elapsed = time.perf_counter() - started
-            route = _route_template(request)
-            requests.labels(request.method, route, str(status)).inc()
-            latency.labels(request.method, route).observe(elapsed)
-            logger.info("%s %s -> %d in %.1f ms", request.method, route, status, elapsed * 1e3)
+    app.add_middleware(_ObserveMiddleware, requests=requests, latency=latency)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -123,7 +145,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _install_health(app: FastAPI, ctx: EngineContext) -> None:
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """Liveness: the process serves HTTP."""
         return {"status": "ok"}
 

@@ -48,7 +48,7 @@ import httpx
 import jwt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import delete
+from sqlalchemy import Executable, delete
 from sqlalchemy.orm import Session
 
 from cds.core.db.models import HookTokenUse
@@ -66,6 +66,7 @@ MAX_LIFETIME_S = 300
 LEEWAY_S = 60
 MIN_REFETCH_S = 10.0
 _PURGE_EVERY = 500
+_MAX_PARSED_KEYS = 256
 
 
 class AuthenticationError(InputError):
@@ -249,6 +250,8 @@ class HookTokenVerifier:
     def __init__(self, issuers: Mapping[str, TrustedIssuer], jwks: JwksCache) -> None:
         self._issuers = dict(issuers)
         self._jwks = jwks
+        self._keys_lock = threading.Lock()
+        self._keys: dict[tuple[str, str], jwt.PyJWK] = {}
 
     @property
     def issuers(self) -> Mapping[str, TrustedIssuer]:
@@ -290,10 +293,12 @@ class HookTokenVerifier:
             AuthenticationError: anything wrong (the message is a category only).
         """
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            parsed = jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise AuthenticationError("malformed token") from None
+        header, unverified = parsed["header"], parsed["payload"]
+        if not isinstance(header, dict) or not isinstance(unverified, dict):
+            raise AuthenticationError("malformed token")
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise AuthenticationError("algorithm not accepted")
@@ -303,7 +308,7 @@ class HookTokenVerifier:
         claims: dict[str, Any] | None = None
         for jwk in self._candidates(issuer, header, alg):
             try:
-                key = jwt.PyJWK(jwk, algorithm=alg)
+                key = self._key(jwk, alg)
                 claims = jwt.decode(
                     token,
                     key=key,
@@ -321,6 +326,19 @@ class HookTokenVerifier:
         if claims is None:
             raise AuthenticationError("signature not verified")
         return self._principal(issuer, claims)
+
+    def _key(self, jwk: Mapping[str, Any], alg: str) -> jwt.PyJWK:
+        """The key object of a JWK, parsed once per distinct JWK (a JWK Set changes rarely)."""
+        cache_key = (alg, json.dumps(jwk, sort_keys=True))
+        with self._keys_lock:
+            key = self._keys.get(cache_key)
+        if key is None:
+            key = jwt.PyJWK(dict(jwk), algorithm=alg)
+            with self._keys_lock:
+                if len(self._keys) >= _MAX_PARSED_KEYS:
+                    self._keys.clear()
+                self._keys[cache_key] = key
+        return key
 
     @staticmethod
     def _principal(issuer: TrustedIssuer, claims: Mapping[str, Any]) -> Principal:
@@ -343,11 +361,20 @@ class HookTokenVerifier:
 
 
 class ReplayGuard:
-    """Records each ``jti`` once per issuer in the database; a second use is refused."""
+    """Records each ``jti`` once per issuer in the database; a second use is refused.
+
+    The CDS Hooks call path commits a transaction that wrote only the token record without
+    waiting for PostgreSQL's WAL flush (``synchronous_commit`` off for that transaction):
+    a database crash may forget the tokens used in the last fraction of a second, which
+    could then be replayed until they expire (at most :data:`MAX_LIFETIME_S`). That is the
+    price of not paying a disk flush on every card; a call that also records a trigger
+    commits durably.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._uses = 0
+        self._inserts: dict[str, Executable] = {}
 
     def consume(self, *, session: Session, principal: Principal) -> None:
         """Record the token's ``jti`` in the caller's transaction.
@@ -363,12 +390,14 @@ class ReplayGuard:
             "expires_at": principal.expires_at + dt.timedelta(seconds=LEEWAY_S),
             "seen_at": utcnow(),
         }
-        # One statement, no savepoint: the primary key decides, in every process.
-        inserted = session.execute(
-            insert_ignoring_conflicts(session, HookTokenUse)
-            .values(**values)
-            .returning(HookTokenUse.jti)
-        ).first()
+        # One statement, no savepoint: the primary key decides, in every process. Built once
+        # per dialect and run as Core: it is on every call.
+        dialect = session.get_bind().dialect.name
+        statement = self._inserts.get(dialect)
+        if statement is None:
+            statement = insert_ignoring_conflicts(session, HookTokenUse).returning(HookTokenUse.jti)
+            self._inserts[dialect] = statement
+        inserted = session.connection().execute(statement, values).first()
         if inserted is None:
             raise AuthenticationError("jti replayed")
         with self._lock:

@@ -21,11 +21,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from cds.core.clinical import IdentifierIn
-from cds.core.db.models import PatientIdentifier
+from cds.core.db.models import Patient, PatientIdentifier
 from cds.core.errors import InputError
 from cds.core.repository.patients import find_patient, surviving_patient_id
 from cds.fhir.assessment import FHIR_PATIENT_SYSTEM_PREFIX
@@ -57,19 +57,39 @@ def patient_id_of(request: CdsServiceRequest) -> str:
     return value.strip()
 
 
+#: On every CDS Hooks call: built once, run as Core (bound ``system`` and ``value``).
+_KNOWN = (
+    select(PatientIdentifier.patient_id, Patient.merged_into_id)
+    .join(Patient, Patient.id == PatientIdentifier.patient_id)
+    .where(
+        PatientIdentifier.system == bindparam("system"),
+        PatientIdentifier.value == bindparam("value"),
+    )
+)
+
+
 def known_by_fhir_id(
     *, session: Session, fhir_server: str | None, patient_id: str
 ) -> uuid.UUID | None:
     """Step 1: the engine patient known as ``Patient/{patient_id}`` on ``fhir_server``."""
     if not fhir_server:
         return None
-    found = session.scalar(
-        select(PatientIdentifier.patient_id).where(
-            PatientIdentifier.system == FHIR_PATIENT_SYSTEM_PREFIX + fhir_server.rstrip("/"),
-            PatientIdentifier.value == f"Patient/{patient_id}",
+    row = (
+        session.connection()
+        .execute(
+            _KNOWN,
+            {
+                "system": FHIR_PATIENT_SYSTEM_PREFIX + fhir_server.rstrip("/"),
+                "value": f"Patient/{patient_id}",
+            },
         )
+        .first()
     )
-    return surviving_patient_id(session=session, patient_id=found) if found else None
+    if row is None:
+        return None
+    found, merged_into = row
+    # One query for a patient never merged (the usual case); otherwise follow the merges.
+    return found if merged_into is None else surviving_patient_id(session=session, patient_id=found)
 
 
 def _prefetched_patient(request: CdsServiceRequest, patient_id: str) -> dict[str, Any] | None:

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,7 +30,7 @@ from cds.core.errors import ConfigurationError, InputError
 from cds.core.runtime import EngineContext
 from cds.fhir.outputs import shared_outputs
 from cds.hooks.auth import AuthenticationError, HookTokenVerifier, JwksCache, load_issuers
-from cds.hooks.models import CdsServiceRequest, Feedback, dump
+from cds.hooks.models import Feedback, dump
 from cds.hooks.prefetch import PrefetchUnavailableError
 from cds.hooks.service import SERVICES_PATH, CdsHooksService, UnknownServiceError
 
@@ -80,8 +80,19 @@ def _answer(work: Callable[[], Response]) -> Response:
         return outcome_response(503, "database unavailable, retry later")
 
 
-def build_router(service: CdsHooksService) -> APIRouter:
+def build_router(service: CdsHooksService, *, concurrency: int) -> APIRouter:
+    """The routes; at most ``concurrency`` calls are worked on at once, the rest queue.
+
+    The work of a call (JWT verification, a transaction) runs in a worker thread. More
+    threads than database connections would only wait for the pool while competing for the
+    interpreter, which stretches every call: a bounded first-come-first-served queue keeps
+    the latency of the unlucky calls close to that of the typical one.
+    """
     router = APIRouter(prefix=SERVICES_PATH, tags=["cds-hooks"])
+    limiter = CapacityLimiter(concurrency)
+
+    async def in_thread(work: Callable[[], Response]) -> Response:
+        return await to_thread.run_sync(_answer, work, limiter=limiter)
 
     @router.get("", summary="CDS Hooks discovery")
     def discover() -> JSONResponse:
@@ -93,14 +104,9 @@ def build_router(service: CdsHooksService) -> APIRouter:
         authorization = request.headers.get("authorization")
 
         def work() -> Response:
-            hook = service.service(service_id)
-            principal = service.authenticate(authorization, [service.endpoint(service_id)])
-            payload = CdsServiceRequest.model_validate_json(body)
-            if payload.hook != hook.hook:
-                raise InputError(f"service {service_id} answers {hook.hook}, not {payload.hook}")
-            return JSONResponse(dump(service.call(hook, principal, payload)))
+            return JSONResponse(service.answer(service.service(service_id), authorization, body))
 
-        return await run_in_threadpool(_answer, work)
+        return await in_thread(work)
 
     @router.post("/{service_id}/feedback", summary="Feedback on cards of a CDS service")
     async def feedback(service_id: str, request: Request) -> Response:
@@ -114,7 +120,7 @@ def build_router(service: CdsHooksService) -> APIRouter:
             service.feedback(hook, principal, Feedback.model_validate_json(body))
             return Response(status_code=200)
 
-        return await run_in_threadpool(_answer, work)
+        return await in_thread(work)
 
     return router
 
@@ -159,4 +165,4 @@ def install(app: FastAPI, ctx: EngineContext) -> None:
         allow_headers=["Authorization", "Content-Type"],
         max_age=600,
     )
-    app.include_router(build_router(service))
+    app.include_router(build_router(service, concurrency=settings.db_pool_size))

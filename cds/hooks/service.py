@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import or_, select
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from cds.core.aligner.task import TaskDefinition
-from cds.core.db.models import Bundle, BundleStatus, Patient, Prediction, PredictionStatus
-from cds.core.db.session import transaction
+from cds.core.db.models import BundleStatus, Prediction, PredictionStatus
+from cds.core.db.session import commit_waits_for_flush, transaction
 from cds.core.db.types import utcnow
 from cds.core.errors import ConfigurationError, InputError
 from cds.core.pipeline.triggers import CDS_HOOKS_PERIOD, record_trigger
@@ -34,14 +36,7 @@ from cds.hooks.cards import (
     prediction_card,
     waiting_card,
 )
-from cds.hooks.models import (
-    Card,
-    CdsServiceRequest,
-    CdsServiceResponse,
-    Discovery,
-    Feedback,
-    Suggestion,
-)
+from cds.hooks.models import CdsServiceRequest, Discovery, Feedback, Suggestion, dump
 from cds.hooks.prefetch import (
     find_by_identifiers,
     known_by_fhir_id,
@@ -49,11 +44,17 @@ from cds.hooks.prefetch import (
     patient_resource,
 )
 from cds.hooks.services import HookService, discovery, hook_services
+from cds.hooks.state import ShownState, shown_state
+from cds.modelcard import ModelCard
 
 logger = logging.getLogger(__name__)
 
+#: A JSON-ready response body.
+JsonBody = dict[str, Any]
+
 SERVICES_PATH = "/cds-services"
-_SHOWN = (PredictionStatus.FINAL, PredictionStatus.INSUFFICIENT_DATA)
+#: Cards kept per process (a few kB each).
+CARD_CACHE_SIZE = 4096
 _SCORING = (BundleStatus.READY, BundleStatus.QUEUED)
 
 
@@ -114,6 +115,10 @@ class CdsHooksService:
         self._outputs = outputs
         self._verifier = verifier
         self._guard = ReplayGuard()
+        self._card_lock = threading.Lock()
+        self._card_cache: OrderedDict[
+            tuple[uuid.UUID, PredictionStatus], tuple[ModelCard | None, JsonBody]
+        ] = OrderedDict()
         self.services: dict[str, HookService] = hook_services(outputs.tasks)
         self._base = public_base(settings)
         self._cards = CardSettings(
@@ -145,120 +150,157 @@ class CdsHooksService:
         return found
 
     def authenticate(self, authorization: str | None, audiences: Sequence[str]) -> Principal:
-        """Verify the bearer JWT and record its ``jti``.
+        """Verify the bearer JWT and record its ``jti`` (in a transaction of its own).
 
         Raises:
             AuthenticationError: missing, invalid, untrusted or replayed token.
         """
+        principal = self._verify(authorization, audiences)
+        with transaction(self._ctx.session_factory) as session:
+            self._consume(session, principal)
+        return principal
+
+    def _verify(self, authorization: str | None, audiences: Sequence[str]) -> Principal:
+        """The token's header, signature and claims (no database)."""
         if self._verifier is None:
             return Principal(issuer="embedded", subject=None, jti=None, expires_at=None)
         try:
             scheme, _, token = (authorization or "").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise AuthenticationError("no bearer token")
-            principal = self._verifier.verify(token.strip(), audiences)
-            with transaction(self._ctx.session_factory) as session:
-                self._guard.consume(session=session, principal=principal)
+            return self._verifier.verify(token.strip(), audiences)
         except AuthenticationError as exc:
-            self._rejected.labels(str(exc).split(" (")[0]).inc()
-            logger.info("CDS Hooks call refused: %s", exc)
+            self._refused(exc)
             raise
-        return principal
 
-    def call(
-        self, service: HookService, principal: Principal, request: CdsServiceRequest
-    ) -> CdsServiceResponse:
-        """Cards for one hook call (CDS Hooks 2.0 §Calling a CDS Service).
+    def _consume(self, session: Session, principal: Principal) -> None:
+        """Record the ``jti`` in the caller's transaction; a replay is refused."""
+        try:
+            self._guard.consume(session=session, principal=principal)
+        except AuthenticationError as exc:
+            self._refused(exc)
+            raise
+
+    def _refused(self, exc: AuthenticationError) -> None:
+        self._rejected.labels(str(exc).split(" (")[0]).inc()
+        logger.info("CDS Hooks call refused: %s", exc)
+
+    def answer(self, service: HookService, authorization: str | None, body: bytes) -> JsonBody:
+        """One CDS service call, from the raw request to the response body.
+
+        The common case costs one transaction: the ``jti`` is recorded, the patient known by
+        its FHIR id on ``fhirServer`` is found and the stored state that decides the card is
+        read. A token is spent even when the body then proves malformed. Only a patient the
+        engine knows by business identifiers alone (prefetch, or a read of the FHIR server,
+        which no transaction is held open for) takes the longer path.
 
         Raises:
-            InputError: a malformed context.
-            PrefetchUnavailableError: the patient cannot be identified (412).
+            AuthenticationError: the token is refused (401).
+            InputError: a malformed request (400), or the patient cannot be identified (412).
+            pydantic.ValidationError: a body that is not a CDS Hooks request (400).
         """
-        patient_id = patient_id_of(request)
-        with self._ctx.session_factory() as session:
-            found = known_by_fhir_id(
-                session=session, fhir_server=request.fhirServer, patient_id=patient_id
-            )
-        if found is not None:
-            self._anchor(service, found)
-            with self._ctx.session_factory() as session:
-                return CdsServiceResponse(cards=self._cards_for(session, service, found))
+        principal = self._verify(authorization, [self.endpoint(service.id)])
+        problem: InputError | ValidationError | None = None
+        answered: JsonBody | None = None
+        with transaction(self._ctx.session_factory) as session:
+            # The token record alone does not need a durable commit (see ReplayGuard).
+            commit_waits_for_flush(session, False)
+            self._consume(session, principal)
+            try:
+                request = CdsServiceRequest.model_validate_json(body)
+                if request.hook != service.hook:
+                    raise InputError(
+                        f"service {service.id} answers {service.hook}, not {request.hook}"
+                    )
+                patient_id = patient_id_of(request)
+            except (InputError, ValidationError) as exc:
+                problem = exc
+            else:
+                found = known_by_fhir_id(
+                    session=session, fhir_server=request.fhirServer, patient_id=patient_id
+                )
+                if found is not None:
+                    self._anchor(session, service, found)
+                    answered = self._response(session, service, found)
+        if problem is not None:
+            raise problem
+        if answered is not None:
+            return answered
         resource = patient_resource(
             request,
             patient_id,
             principal,
             timeout_s=self._ctx.settings.cds_hooks_fhir_timeout_s,
         )
-        with self._ctx.session_factory() as session:
+        with transaction(self._ctx.session_factory) as session:
             found = find_by_identifiers(
                 session=session, resource=resource, issuer_map=self._ctx.settings.issuer_map
             )
-        if found is None:
-            return CdsServiceResponse(cards=[])
-        self._anchor(service, found)
-        with self._ctx.session_factory() as session:
-            return CdsServiceResponse(cards=self._cards_for(session, service, found))
+            if found is None:
+                return {"cards": []}
+            self._anchor(session, service, found)
+            return self._response(session, service, found)
 
-    def _anchor(self, service: HookService, patient: uuid.UUID) -> None:
+    def _anchor(self, session: Session, service: HookService, patient: uuid.UUID) -> None:
         """A task anchored on CDS Hooks calls starts an assessment (once per period)."""
         if service.task.anchor.kind != "cds-hooks":
             return
-        with transaction(self._ctx.session_factory) as session:
-            record_trigger(
-                session=session,
-                task=service.task,
-                patient_id=patient,
-                reason="cds-hooks",
-                at=utcnow(),
-                period=CDS_HOOKS_PERIOD,
-            )
-
-    def _cards_for(self, session: Session, service: HookService, patient: uuid.UUID) -> list[Card]:
-        task = service.task
-        merged = select(Patient.id).where(Patient.merged_into_id == patient).scalar_subquery()
-        latest = session.execute(
-            select(Prediction, Bundle.anchor_at)
-            .join(Bundle, Bundle.id == Prediction.bundle_id)
-            .where(
-                or_(Prediction.patient_id == patient, Prediction.patient_id.in_(merged)),
-                Prediction.task_id == task.id,
-                Prediction.status.in_(_SHOWN),
-            )
-            .order_by(Bundle.anchor_at.desc(), Prediction.created_at.desc())
-            .limit(1)
-        ).first()
-        bundle = session.scalar(
-            select(Bundle)
-            .where(
-                or_(Bundle.patient_id == patient, Bundle.patient_id.in_(merged)),
-                Bundle.task_id == task.id,
-                Bundle.status != BundleStatus.SUPERSEDED,
-            )
-            .order_by(Bundle.anchor_at.desc(), Bundle.created_at.desc())
-            .limit(1)
+        commit_waits_for_flush(session, True)  # the trigger starts an assessment: keep it
+        record_trigger(
+            session=session,
+            task=service.task,
+            patient_id=patient,
+            reason="cds-hooks",
+            at=utcnow(),
+            period=CDS_HOOKS_PERIOD,
         )
+
+    def _response(self, session: Session, service: HookService, patient: uuid.UUID) -> JsonBody:
+        """The response body: the card the stored state calls for (CDS Hooks 2.0 §Card)."""
+        task = service.task
+        state = shown_state(session, task_id=task.id, patient=patient)
         key = f"{service.id}|{patient}"
-        if latest is not None and (bundle is None or latest[1] >= bundle.anchor_at):
-            assessment = self._outputs.assessment(session, latest[0], brief=True)
-            return [prediction_card(assessment, self._cards)]
-        if bundle is not None and bundle.status in _SCORING:
-            return [
-                pending_card(
-                    title=task.title,
-                    key=f"{key}|{bundle.id}",
-                    cfg=self._cards,
-                    anchor_at=bundle.anchor_at,
-                )
-            ]
-        if latest is not None:
-            return [
-                prediction_card(
-                    self._outputs.assessment(session, latest[0], brief=True), self._cards
-                )
-            ]
-        return [
-            waiting_card(title=task.title, waiting_for=waiting_for(task), key=key, cfg=self._cards)
-        ]
+        if state.shows_prediction:
+            return {"cards": [self._prediction_card(session, state)]}
+        if state.bundle_id is not None and state.bundle_status in _SCORING:
+            card = pending_card(
+                title=task.title,
+                key=f"{key}|{state.bundle_id}",
+                cfg=self._cards,
+                anchor_at=state.bundle_anchor,
+            )
+        elif state.prediction_id is not None:
+            return {"cards": [self._prediction_card(session, state)]}
+        else:
+            card = waiting_card(
+                title=task.title, waiting_for=waiting_for(task), key=key, cfg=self._cards
+            )
+        return {"cards": [dump(card)]}
+
+    def _prediction_card(self, session: Session, state: ShownState) -> JsonBody:
+        """The (serialised) card of the stored prediction ``state`` names.
+
+        A card is a pure function of the prediction, its bundle and inputs (which never
+        change once written), its status, and the serving model's card: it is built once per
+        (prediction, status, model card) and kept in a bounded cache; a new prediction, a
+        status change or another model card gives a new key.
+        """
+        assert state.prediction_id is not None and state.prediction_status is not None
+        model_card = self._outputs.cards.current()
+        key = (state.prediction_id, state.prediction_status)
+        with self._card_lock:
+            cached = self._card_cache.get(key)
+            if cached is not None and cached[0] is model_card:
+                self._card_cache.move_to_end(key)
+                return cached[1]
+        prediction = session.get_one(Prediction, state.prediction_id)
+        assessment = self._outputs.assessment(session, prediction, brief=True)
+        card = dump(prediction_card(assessment, self._cards))
+        with self._card_lock:
+            self._card_cache[key] = (model_card, card)
+            while len(self._card_cache) > CARD_CACHE_SIZE:
+                self._card_cache.popitem(last=False)
+        return card
 
     def feedback(self, service: HookService, principal: Principal, body: Feedback) -> int:
         """Record each feedback item in the audit log (CDS Hooks 2.0 §Feedback).

@@ -195,16 +195,13 @@ def test_waiting_card_before_any_anchor(client: TestClient, db_engine: Engine) -
     assert card["summary"].endswith("waiting for a CR/DX study of the chest")
 
 
-def test_newest_prediction_is_shown_after_supersession(
-    client: TestClient, db_engine: Engine
-) -> None:
-    seeded = seed_committed(db_engine)
+def supersede(db_engine: Engine, seeded: Seeded) -> uuid.UUID:
+    """A newer prediction (30 %, model 1.3.0) supersedes the seeded one; its id."""
     newer = uuid.uuid4()
     with transaction(make_session_factory(db_engine)) as session:
         bundle = session.get(Bundle, seeded.bundle_id)
-        assert bundle is not None
         old = session.get(Prediction, seeded.prediction_id)
-        assert old is not None
+        assert bundle is not None and old is not None
         newest = make_prediction(
             newer, bundle, probability=0.3, created_at=old.created_at + dt.timedelta(hours=1)
         )
@@ -212,8 +209,57 @@ def test_newest_prediction_is_shown_after_supersession(
         session.add(newest)
         session.flush()
         old.status, old.superseded_by_id = Status.SUPERSEDED, newer
+    return newer
+
+
+def test_newest_prediction_is_shown_after_supersession(
+    client: TestClient, db_engine: Engine
+) -> None:
+    seeded = seed_committed(db_engine)
+    newer = supersede(db_engine, seeded)
     (card,) = cards(client.post(PATIENT_VIEW, json=request(seeded.fhir_patient_id)))
     assert card["uuid"] == str(newer) and card["indicator"] == "warning"
+
+
+def test_cards_follow_the_stored_state_from_call_to_call(
+    client: TestClient, db_engine: Engine
+) -> None:
+    """Each call reflects what is stored now: a served card is never replayed stale."""
+    seeded = seed_committed(db_engine)
+    body = request(seeded.fhir_patient_id)
+    (first,) = cards(client.post(PATIENT_VIEW, json=body))
+    assert first["uuid"] == str(seeded.prediction_id) and first["indicator"] == "critical"
+    assert cards(client.post(PATIENT_VIEW, json=body)) == [first]
+    factory = make_session_factory(db_engine)
+    newer = supersede(db_engine, seeded)
+    (second,) = cards(client.post(PATIENT_VIEW, json=body))
+    assert second["uuid"] == str(newer) and second["indicator"] == "warning"
+    with transaction(factory) as session:
+        bundle = session.get(Bundle, seeded.bundle_id)
+        assert bundle is not None
+        later = Bundle(
+            **{
+                column: getattr(bundle, column)
+                for column in ("task_id", "task_version", "patient_id", "anchor_event_id")
+            },
+            anchor_key=f"{bundle.anchor_key}|later",
+            anchor_at=bundle.anchor_at + dt.timedelta(days=1),
+            window_start=bundle.window_start + dt.timedelta(days=1),
+            window_end=bundle.window_end + dt.timedelta(days=1),
+            content_hash="c" * 64,
+            status=BundleStatus.QUEUED,
+            late_until=bundle.late_until + dt.timedelta(days=1),
+        )
+        session.add(later)
+    (third,) = cards(client.post(PATIENT_VIEW, json=body))
+    assert "pending" in third["summary"]
+    with transaction(factory) as session:
+        session.add(make_prediction(uuid.uuid4(), later, status=Status.INSUFFICIENT_DATA))
+        queued = session.get(Bundle, later.id)
+        assert queued is not None
+        queued.status = BundleStatus.INSUFFICIENT
+    (fourth,) = cards(client.post(PATIENT_VIEW, json=body))
+    assert fourth["summary"].startswith("Not enough data for")
 
 
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,3 +66,17 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+def commit_waits_for_flush(session: Session, wait: bool) -> None:
+    """Whether this transaction's commit waits for the database's durable write.
+
+    On PostgreSQL ``wait=False`` sets ``synchronous_commit`` off for the current transaction
+    only (``SET LOCAL``): the commit returns before its WAL is flushed, and a database crash
+    may lose the last fraction of a second of such commits (never corrupt anything). Only
+    for records whose loss is harmless; ``wait=True`` restores the default for a transaction
+    that goes on to write something that must survive. SQLite is left as configured.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        value = "DEFAULT" if wait else "OFF"
+        session.execute(text(f"SET LOCAL synchronous_commit TO {value}"))
