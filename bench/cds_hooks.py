@@ -13,7 +13,7 @@ then call, over real HTTP (kept-alive HTTP/1.1 connections, closed loop):
 Prints p50, p99 and requests/s for each and the ratio of the p99s.
 Goal (issue 8): patient-view p99 <= 50 ms and <= 3x the bare endpoint.
 
-Usage: python -m bench.cds_hooks [--clients 50] [--requests 2000] [--sqlite]
+Usage: python -m bench.cds_hooks [--clients 50] [--requests 2000] [--sqlite] [--processes 1]
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ POSTGRES = os.environ.get(
 ISSUER = "https://ehr.bench.example"
 
 
-def _serve(database_url: str, port: int, workdir: str, ready: Any, stop: Any) -> None:
+def _serve(
+    database_url: str, port: int, workdir: str, reuse_port: bool, ready: Any, stop: Any
+) -> None:
     """The server process: the engine's HTTP app on ``port`` until ``stop`` is set."""
     import logging
 
@@ -62,7 +64,12 @@ def _serve(database_url: str, port: int, workdir: str, ready: Any, stop: Any) ->
         http_port=port,
         db_pool_size=6,
     )
-    server = HttpServer(output_app(engine_context(engine, settings)), host="127.0.0.1", port=port)
+    server = HttpServer(
+        output_app(engine_context(engine, settings)),
+        host="127.0.0.1",
+        port=port,
+        reuse_port=reuse_port,
+    )
     server.start()
     ready.set()
     stop.wait()
@@ -147,6 +154,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes on the one port (SO_REUSEPORT), as CDSFUSION_HTTP_PROCESSES",
+    )
     args = parser.parse_args()
 
     from cds.core import migrate
@@ -178,11 +191,18 @@ def main() -> None:
         )
         port = free_port()
         spawn = multiprocessing.get_context("spawn")
-        ready, stop = spawn.Event(), spawn.Event()
-        server = spawn.Process(target=_serve, args=(database_url, port, workdir, ready, stop))
-        server.start()
-        if not ready.wait(60):
-            raise SystemExit("server did not start")
+        stop = spawn.Event()
+        servers = []
+        for _ in range(args.processes):
+            ready = spawn.Event()
+            server = spawn.Process(
+                target=_serve,
+                args=(database_url, port, workdir, args.processes > 1, ready, stop),
+            )
+            server.start()
+            servers.append(server)
+            if not ready.wait(60):
+                raise SystemExit("server did not start")
         base = f"http://127.0.0.1:{port}"
         endpoint = f"{base}/cds-services/{SERVICE}"
         body = {
@@ -230,7 +250,8 @@ def main() -> None:
         asyncio.run(_load(host, port, bare, args.clients, 200))
         print(
             f"{args.clients} concurrent clients, {args.requests} requests each endpoint, "
-            f"{'SQLite' if args.sqlite else 'PostgreSQL'}, server in its own process"
+            f"{'SQLite' if args.sqlite else 'PostgreSQL'}, {args.processes} server process(es), "
+            f"{os.cpu_count()} CPUs"
         )
         bare_p99 = _report(
             "GET /healthz (bare)",
@@ -245,7 +266,8 @@ def main() -> None:
             f"(goal: p99 <= 50 ms and <= 3x)"
         )
         stop.set()
-        server.join(30)
+        for server in servers:
+            server.join(30)
     finally:
         if admin is not None:
             with admin.connect() as conn:

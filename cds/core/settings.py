@@ -54,6 +54,8 @@ class Settings(BaseSettings):
         http_host: interface of the HTTP listener. Defaults to loopback in embedded mode and
             all interfaces in production.
         http_port: HTTP listener port (CDS Hooks, FHIR, audit pages, health). Defaults to 8080.
+        http_processes: processes serving HTTP on that port (``SO_REUSEPORT``), for
+            multi-core hosts; the extra ones serve HTTP only. Defaults to 1.
         dicom_port: DICOM SCP port; 0 disables the listener. Defaults to 11112.
         dicom_ae_title: the SCP's AE title. Defaults to ``CDSFUSION``.
         mllp_port: HL7v2 MLLP listener port; 0 disables it. Defaults to 2575.
@@ -77,6 +79,7 @@ class Settings(BaseSettings):
 
     http_host: str | None = None
     http_port: int = Field(default=8080, ge=0, le=65535)
+    http_processes: int = Field(default=1, ge=1, le=64)
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     dicom_ae_title: str = Field(default="CDSFUSION", min_length=1, max_length=16)
     mllp_port: int = Field(default=2575, ge=0, le=65535)

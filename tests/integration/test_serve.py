@@ -137,3 +137,46 @@ def test_not_ready_when_schema_is_behind(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert b"cdsfusion db upgrade" in result.stderr
+
+
+def _serving(base: str) -> bool:
+    try:
+        httpx.get(f"{base}/healthz", timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def _answering_processes(base: str, attempts: int = 60) -> set[str]:
+    """Which kinds of process answer /readyz on fresh connections (main or extra)."""
+    kinds: set[str] = set()
+    for _ in range(attempts):
+        with httpx.Client() as fresh:  # a new connection each time: the kernel picks anew
+            checks = fresh.get(f"{base}/readyz", timeout=5).json()["checks"]
+        kinds.add("extra" if "main-process" in checks else "main")
+    return kinds
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "kill"])
+def test_several_http_processes_share_the_port_and_stop_with_the_engine(
+    tmp_path: Path, env: dict[str, str], stop: str
+) -> None:
+    env["CDSFUSION_HTTP_PROCESSES"] = "3"
+    base = f"http://127.0.0.1:{env['CDSFUSION_HTTP_PORT']}"
+    proc = subprocess.Popen([CLI, "serve"], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        _wait_healthy(base, proc)
+        _wait_ready(base)
+        assert _answering_processes(base) == {"main", "extra"}
+    finally:
+        if stop == "kill":  # the extra processes notice and stop by themselves
+            proc.kill()
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    if stop == "sigterm":
+        assert proc.returncode == 0
+    deadline = time.monotonic() + 15
+    while _serving(base) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _serving(base), "an HTTP process outlived the engine"

@@ -61,6 +61,8 @@ def serve(run_migrations: bool | None) -> None:
     In embedded mode the scoring worker runs in the same process.
     """
     settings = load_settings()
+    if settings.http_processes > 1 and not settings.http_port:
+        raise click.ClickException("CDSFUSION_HTTP_PROCESSES > 1 needs a fixed CDSFUSION_HTTP_PORT")
     if run_migrations if run_migrations is not None else settings.embedded:
         migrate.upgrade(settings.database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -69,13 +71,23 @@ def serve(run_migrations: bool | None) -> None:
         ok, detail = ctx.database_ready()
         if not ok:
             raise click.ClickException(f"database not ready: {detail}")
+        extra_http = settings.http_processes - 1
         components: list[Component] = [
             HttpServer(
                 create_app(ctx, installers=http_installers()),
                 host=settings.bind_host,
                 port=settings.http_port,
                 shutdown_timeout_s=settings.shutdown_timeout_s,
+                reuse_port=extra_http > 0,
             ),
+        ]
+        if extra_http > 0:
+            from cds.api.processes import HttpProcesses
+
+            components.append(
+                HttpProcesses(extra_http, shutdown_timeout_s=settings.shutdown_timeout_s)
+            )
+        components += [
             *listeners(ctx),
             *pipeline_components(ctx),
         ]
