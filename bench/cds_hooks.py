@@ -10,7 +10,9 @@ then call, over real HTTP (kept-alive HTTP/1.1 connections, closed loop):
   call (the full path: verification, ``jti`` recorded, patient lookup, prediction, card);
 * ``GET /healthz`` (the bare endpoint), in the same server, in the same run.
 
-Prints p50, p99 and requests/s for each and the ratio of the p99s.
+Prints p50, p99, requests/s and the server processes' CPU time per request (user + system,
+from ``/proc``: what a call costs the server whatever else the machine runs) for each, and
+the ratio of the p99s.
 Goal (issue 8): patient-view p99 <= 50 ms and <= 3x the bare endpoint.
 
 Usage: python -m bench.cds_hooks [--clients 50] [--requests 2000] [--sqlite] [--processes 1]
@@ -140,11 +142,27 @@ def _http_request(method: str, path: str, port: int, headers: dict[str, str], bo
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def _report(name: str, latencies: list[float], wall: float, errors: int) -> float:
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux ``/proc``; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _measure(name: str, pids: list[int], run: Any) -> float:
+    """Run one load, print its figures (with the servers' CPU time per request); the p99."""
+    cpu = _cpu_seconds(pids)
+    latencies, wall, errors = asyncio.run(run)
+    cpu_ms = (_cpu_seconds(pids) - cpu) / max(1, len(latencies)) * 1e3
     p50, p99 = _percentile(latencies, 0.50) * 1e3, _percentile(latencies, 0.99) * 1e3
     print(
         f"{name:<32} n={len(latencies):5d}  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
-        f"{len(latencies) / wall:8.1f} req/s  errors {errors}"
+        f"{len(latencies) / wall:8.1f} req/s  server CPU {cpu_ms:5.2f} ms/req  errors {errors}"
     )
     return p99
 
@@ -253,13 +271,14 @@ def main() -> None:
             f"{'SQLite' if args.sqlite else 'PostgreSQL'}, {args.processes} server process(es), "
             f"{os.cpu_count()} CPUs"
         )
-        bare_p99 = _report(
-            "GET /healthz (bare)",
-            *asyncio.run(_load(host, port, bare, args.clients, args.requests)),
+        pids = [server.pid for server in servers if server.pid is not None]
+        bare_p99 = _measure(
+            "GET /healthz (bare)", pids, _load(host, port, bare, args.clients, args.requests)
         )
-        hook_p99 = _report(
+        hook_p99 = _measure(
             "POST patient-view (signed JWT)",
-            *asyncio.run(_load(host, port, hook_call, args.clients, args.requests)),
+            pids,
+            _load(host, port, hook_call, args.clients, args.requests),
         )
         print(
             f"p99 ratio patient-view / bare: {hook_p99 / bare_p99:.2f}x "
