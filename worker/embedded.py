@@ -14,7 +14,7 @@ from cds.core.aligner.task import TaskDefinition
 from cds.core.pipeline.jobs import RetryPolicy
 from cds.core.runtime import EngineContext
 from worker.batcher import DynamicBatcher
-from worker.scoring import Outcome, Scorer, WorkerContext, score_jobs
+from worker.scoring import Outcome, Scorer, ScoringBatch, ScoringStages, WorkerContext
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class WorkerMetrics:
         )
         self.batch_seconds = Histogram(
             "cdsfusion_worker_batch_seconds",
-            "Time to score one batch (claim, features, model, write)",
+            "Time to score one batch, from claim to write (steps overlap across batches)",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=ctx.metrics,
         )
@@ -44,6 +44,14 @@ class WorkerMetrics:
         self.queue_depth = Gauge(
             "cdsfusion_worker_queue_depth", "Jobs waiting for a batch", registry=ctx.metrics
         )
+        self.stage_seconds = Histogram(
+            "cdsfusion_worker_stage_seconds",
+            "Time of one step of scoring a batch (prepare: claim, read, decode; predict: "
+            "the model; write: store and finish)",
+            ["stage"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=ctx.metrics,
+        )
 
 
 def scoring_batcher(
@@ -54,14 +62,25 @@ def scoring_batcher(
     max_batch: int,
     max_wait_s: float,
     name: str,
+    decode_threads: int | None = None,
 ) -> DynamicBatcher[uuid.UUID, Outcome]:
-    """A batcher that scores job ids with ``scorer`` and records the worker metrics.
+    """A pipelined batcher that scores job ids with ``scorer`` and records the metrics.
 
-    Used by the embedded worker and by ``cdsfusion worker``; the caller starts it.
+    Its three steps (:class:`ScoringStages`: prepare, predict, write) run on their own
+    threads, so the model runs one batch while the next is read and decoded and the last
+    written. Used by the embedded worker and by ``cdsfusion worker``; the caller starts
+    it, and stopping it finishes every batch in flight and then the decode threads.
     """
+    stages = ScoringStages(wctx, scorer, decode_threads=decode_threads)
 
-    def run(job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Outcome]:
-        outcomes = score_jobs(wctx=wctx, scorer=scorer, job_ids=job_ids)
+    def prepare(job_ids: Sequence[uuid.UUID]) -> ScoringBatch:
+        return stages.prepare(job_ids)
+
+    def predict(batch: ScoringBatch) -> ScoringBatch:
+        return stages.predict(batch)
+
+    def write(batch: ScoringBatch) -> dict[uuid.UUID, Outcome]:
+        outcomes = stages.write(batch)
         for outcome in outcomes.values():
             metrics.jobs.labels(outcome.value).inc()
         return outcomes
@@ -70,8 +89,17 @@ def scoring_batcher(
         metrics.batch_size.observe(size)
         metrics.batch_seconds.observe(seconds)
 
+    def observe_stage(stage: str, seconds: float) -> None:
+        metrics.stage_seconds.labels(stage).observe(seconds)
+
     return DynamicBatcher(
-        run, max_batch=max_batch, max_wait_s=max_wait_s, on_batch=observe, name=name
+        stages=(prepare, predict, write),
+        max_batch=max_batch,
+        max_wait_s=max_wait_s,
+        on_batch=observe,
+        on_stage=observe_stage,
+        on_stop=stages.close,
+        name=name,
     )
 
 

@@ -37,6 +37,15 @@ def compile_encoders(predictor: Predictor) -> None:
     model.notes.encoder = torch.compile(model.notes.encoder, dynamic=False)
 
 
+def warm_up_inputs(size: int) -> list[BundleInput]:
+    """``size`` synthetic bundles (no patient data) with every modality present."""
+    from fusion.synthetic import generate_cohort
+
+    complete = {"image": 0.0, "notes": 0.0, "labs": 0.0, "vitals": 0.0}
+    cohort = generate_cohort(max(1, size), seed=7, missing_rates=complete)
+    return [patient.to_bundle_input() for patient in cohort[:size]]
+
+
 def load_predictor(
     checkpoint: Path,
     *,
@@ -54,7 +63,9 @@ def load_predictor(
         expected_sha256: refuse a checkpoint with another hash.
         batch_size: the largest batch per forward pass.
         compile_model: compile the encoders; default: on CUDA only.
-        warm_up_batches: batch sizes to run once before serving (compiles each shape).
+        warm_up_batches: batch sizes to run once before serving, as the worker runs them
+            (every modality present, attributions on), so kernels are chosen, memory is
+            reserved and compiled graphs exist before the first job.
 
     Raises:
         fusion.errors.CheckpointError: missing, unreadable or tampered checkpoint.
@@ -66,9 +77,7 @@ def load_predictor(
     if compile_model if compile_model is not None else dev.startswith("cuda"):
         compile_encoders(predictor)
     for size in warm_up_batches:
-        predictor.predict(
-            [BundleInput(bundle_id=f"warm-up-{i}") for i in range(size)], attributions=False
-        )
+        predictor.predict(warm_up_inputs(size))
     logger.info(
         "model %s %s (sha256 %s) loaded on %s/%s",
         predictor.model_name,

@@ -2,8 +2,9 @@
 
 CUDA is initialised once, the model is loaded, hash-verified and warmed up before the
 worker consumes anything. Celery runs a thread pool; each task thread submits its job id
-to one :class:`DynamicBatcher` and waits, so the model sees batches formed across jobs
-(up to ``CDSFUSION_WORKER_BATCH_SIZE`` or ``CDSFUSION_WORKER_MAX_WAIT_MS``).
+to one pipelined :class:`DynamicBatcher` and waits, so the model sees batches formed
+across jobs (up to ``CDSFUSION_WORKER_BATCH_SIZE`` or ``CDSFUSION_WORKER_MAX_WAIT_MS``)
+while the next batch is read and decoded and the last one written.
 """
 
 from __future__ import annotations
@@ -78,8 +79,21 @@ def build_worker(settings: Settings, *, metrics_port: int | None) -> tuple[Celer
     return app, ctx
 
 
+#: Batches the pipelined batcher holds at once: one forming, one being read and decoded,
+#: one in the model, one being written. Celery needs a task thread for every job in them.
+BATCHES_IN_FLIGHT = 4
+
+
 def worker_argv(settings: Settings, concurrency: int | None) -> list[str]:
-    threads = concurrency or max(4, 2 * settings.worker_batch_size)
+    """Celery's command line for this worker.
+
+    Each task thread holds one job until its batch is written, so the default thread
+    count is what keeps every step of the pipeline fed with full batches
+    (:data:`BATCHES_IN_FLIGHT` batches). The broker hands this worker at most two
+    messages per thread (``prefetch-multiplier=2``): enough that a thread finishing its
+    job has the next at hand, few enough that other workers get their share.
+    """
+    threads = concurrency or max(4, BATCHES_IN_FLIGHT * settings.worker_batch_size)
     return [
         "worker",
         "--pool=threads",
@@ -88,6 +102,6 @@ def worker_argv(settings: Settings, concurrency: int | None) -> list[str]:
         f"--hostname=cdsfusion-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
         "--without-gossip",
         "--without-mingle",
-        f"--prefetch-multiplier={max(1, threads)}",
+        "--prefetch-multiplier=2",
         f"--loglevel={settings.log_level}",
     ]

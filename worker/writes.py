@@ -9,7 +9,7 @@ versions' predictions is per bundle and only for versions after the first.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Table, select, update
@@ -84,8 +84,19 @@ def write_scored(
     session: Session,
     rows: Sequence[dict[str, Any]],
     job_ids: Sequence[uuid.UUID],
+    *,
+    bundles: Mapping[uuid.UUID, Bundle] | None = None,
 ) -> None:
-    """Store a batch of prediction rows (column -> value) and finish their jobs."""
+    """Store a batch of prediction rows (column -> value) and finish their jobs.
+
+    Args:
+        session: the open transaction.
+        rows: prediction rows, one per bundle.
+        job_ids: the jobs they finish.
+        bundles: the rows' bundles, when the caller has read them already (only their
+            task, anchor key and version are used, which never change); the others are
+            read here.
+    """
     if not rows:
         return
     table = Prediction.__table__
@@ -93,13 +104,17 @@ def write_scored(
     statement = insert_ignoring_conflicts(session, table, ["bundle_id", "model_version"])
     inserted = session.execute(statement.returning(table.c.id, table.c.bundle_id), list(rows)).all()
     bundle_ids = [row["bundle_id"] for row in rows]
-    bundles = {b.id: b for b in session.scalars(select(Bundle).where(Bundle.id.in_(bundle_ids)))}
+    known = dict(bundles or {})
+    unknown = [bundle_id for bundle_id in bundle_ids if bundle_id not in known]
+    if unknown:
+        known.update(
+            (b.id, b) for b in session.scalars(select(Bundle).where(Bundle.id.in_(unknown)))
+        )
     changes: list[tuple[uuid.UUID, str]] = []
     for prediction_id, bundle_id in inserted:
         changes.append((prediction_id, "created"))
         changes.extend(
-            (old, "superseded")
-            for old in supersede_older(session, bundles[bundle_id], prediction_id)
+            (old, "superseded") for old in supersede_older(session, known[bundle_id], prediction_id)
         )
     announce(session, changes)
     session.execute(

@@ -28,25 +28,31 @@ from cds.core.db.models import (
 from cds.core.repository.ingest import IngestResult, ingest_item
 from fusion.calibration import Calibration
 from fusion.checkpoint import default_model_card, save_checkpoint
-from fusion.config import preset
+from fusion.config import FusionConfig, preset
 from fusion.features import Featurizer
 from fusion.synthetic import SyntheticPatient, generate_cohort
 from fusion.training import build_model
 
 
-def tiny_checkpoint(directory: Path) -> Path:
-    """An untrained tiny model saved as a verified checkpoint (pipeline tests only)."""
+def tiny_checkpoint(
+    directory: Path, config: FusionConfig | None = None, version: str = "0.0.1-pipeline-test"
+) -> Path:
+    """An untrained model (tiny unless ``config``) saved as a verified checkpoint.
+
+    For pipeline tests and benchmarks: its predictions mean nothing.
+    """
+    config = config or preset("tiny")
     cohort = generate_cohort(16, seed=5)
-    featurizer = Featurizer.fit(preset("tiny"), [p.to_bundle_input() for p in cohort])
+    featurizer = Featurizer.fit(config, [p.to_bundle_input() for p in cohort])
     torch.manual_seed(0)
-    model = build_model(preset("tiny"), featurizer.n_codes, featurizer.vocab_size)
+    model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
     save_checkpoint(
         directory,
         model=model,
         featurizer=featurizer,
         calibration=Calibration(quantiles={}, pooled_quantile=0.5),
         model_card=default_model_card(model.config, {"kind": "synthetic", "n_patients": 16}),
-        version="0.0.1-pipeline-test",
+        version=version,
     )
     return directory
 
