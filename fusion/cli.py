@@ -50,6 +50,14 @@ def _json_safe(value: Any) -> Any:
     show_default=True,
     help="Synthetic cohort size (65% train, 10% validation, 25% calibration).",
 )
+@click.option(
+    "--calibration-patients",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Further held-out patients for the calibration split only (temperature and "
+    "per-pattern conformal quantiles); the benchmark uses thousands.",
+)
 @click.option("--epochs", type=int, default=None, help="Override the preset's epochs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Cohort and model seed.")
 @click.option(
@@ -84,6 +92,7 @@ def train_command(
     *,
     config_name: str,
     patients: int,
+    calibration_patients: int,
     epochs: int | None,
     seed: int,
     output_dir: Path,
@@ -116,6 +125,7 @@ def train_command(
         ablations=ablations,
         show_progress=progress,
         version=model_version,
+        calibration_patients=calibration_patients,
     )
     for name, digest in written.items():
         click.echo(f"{name}: sha256 {digest}")

@@ -114,11 +114,95 @@ def bootstrap_ci(
     """
     labels = np.asarray(labels)
     scores = np.asarray(scores)
+    return _percentile_bootstrap(
+        lambda idx: metric(labels[idx], scores[idx]),
+        len(labels),
+        n_resamples=n_resamples,
+        level=level,
+        seed=seed,
+    )
+
+
+def ece_sampling_floor(
+    probabilities: np.ndarray, n_bins: int = 10, *, n_draws: int = 200, seed: int = 0
+) -> float:
+    """The ECE that sampling noise alone gives on this many points.
+
+    The binned ECE of a finite sample is biased upward: even a perfectly calibrated
+    forecaster shows a gap in every bin, of order ``sqrt(p (1 - p) / n_bin)``. This is the
+    mean ECE of such a forecaster, with outcomes drawn from ``probabilities`` themselves,
+    on the same points and bins: the part of a measured ECE that is noise, not
+    miscalibration.
+
+    Args:
+        probabilities: Predicted probabilities of the evaluated sample.
+        n_bins: Number of equal-width bins, as in :func:`ece`. Defaults to 10.
+        n_draws: Monte Carlo draws of the outcomes. Defaults to 200.
+        seed: Seed of the draws. Defaults to 0.
+
+    Returns:
+        The expected ECE of a calibrated forecaster (NaN for an empty sample).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if len(probabilities) == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    draws = [
+        ece(
+            (rng.random(len(probabilities)) < probabilities).astype(np.int64), probabilities, n_bins
+        )
+        for _ in range(n_draws)
+    ]
+    return float(np.mean(draws))
+
+
+def paired_bootstrap_ci(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    labels: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    *,
+    n_resamples: int = 500,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric(a) - metric(b)`` on the same resamples.
+
+    Args:
+        metric: ``metric(labels, scores) -> float``.
+        labels: 0/1 outcomes.
+        scores_a, scores_b: Two models' scores of the same points.
+        n_resamples: Bootstrap resamples. Defaults to 500.
+        level: Confidence level. Defaults to 0.95.
+        seed: Resampling seed. Defaults to 0.
+
+    Returns:
+        (low, high); NaN when every resample was degenerate or n_resamples is 0.
+    """
+    labels = np.asarray(labels)
+    scores_a, scores_b = np.asarray(scores_a), np.asarray(scores_b)
+    return _percentile_bootstrap(
+        lambda idx: metric(labels[idx], scores_a[idx]) - metric(labels[idx], scores_b[idx]),
+        len(labels),
+        n_resamples=n_resamples,
+        level=level,
+        seed=seed,
+    )
+
+
+def _percentile_bootstrap(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    n_resamples: int,
+    level: float,
+    seed: int,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic(resampled indices)``; NaN if all degenerate."""
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_resamples):
-        idx = rng.integers(0, len(labels), size=len(labels))
-        value = metric(labels[idx], scores[idx])
+        value = statistic(rng.integers(0, n, size=n))
         if np.isfinite(value):
             values.append(value)
     if not values:

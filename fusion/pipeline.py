@@ -3,6 +3,10 @@
 Splits of the training cohort (by a seeded permutation): 65% training, 10% validation
 (best epoch), 25% calibration (temperature and conformal quantiles: the per-pattern
 quantiles need a few hundred points each to hold coverage within a couple of points).
+``calibration_patients`` adds that many further held-out patients to the calibration
+split only (patients ``n_patients`` onwards of the same cohort seed, so never seen in
+training): the benchmark uses it to fit the temperature and every per-pattern quantile on
+thousands of points without training on more patients.
 Evaluation uses a separate cohort drawn with another seed (:mod:`fusion.evaluation`).
 """
 
@@ -30,13 +34,24 @@ logger = logging.getLogger(__name__)
 ABLATIONS_DIR = "ablations"
 
 
-def split_indices(n: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded 65/10/25 split into ``train``, ``validation`` and ``calibration`` indices."""
+def split_indices(n: int, seed: int, extra_calibration: int = 0) -> dict[str, np.ndarray]:
+    """Seeded split into ``train``, ``validation`` and ``calibration`` indices.
+
+    Args:
+        n: Patients 0 to n - 1 are split 65/10/25.
+        seed: Seed of the permutation.
+        extra_calibration: Patients n to n + extra_calibration - 1 are appended to the
+            calibration split. Defaults to 0.
+
+    Returns:
+        Split name -> indices.
+    """
     order = np.random.default_rng([seed, 7]).permutation(n)
     n_val, n_cal = max(1, n // 10), max(1, n // 4)
+    extra = np.arange(n, n + extra_calibration)
     return {
         "validation": order[:n_val],
-        "calibration": order[n_val : n_val + n_cal],
+        "calibration": np.concatenate([order[n_val : n_val + n_cal], extra]),
         "train": order[n_val + n_cal :],
     }
 
@@ -110,6 +125,7 @@ def train_on_synthetic(
     show_progress: bool = True,
     version: str = "0.1.0",
     missing_rates: dict[str, float] | None = None,
+    calibration_patients: int = 0,
 ) -> dict[str, str]:
     """Train (and calibrate, and save) a model on a synthetic cohort.
 
@@ -125,26 +141,29 @@ def train_on_synthetic(
         show_progress: Progress bars. Defaults to True.
         version: Version recorded in the checkpoint. Defaults to ``0.1.0``.
         missing_rates: Missingness of the cohort; defaults to DEFAULT_MISSING_RATES.
+        calibration_patients: Further held-out patients for the calibration split only
+            (see the module docstring). Defaults to 0.
 
     Returns:
         Model name -> sha256 of each checkpoint written.
     """
     device = torch.device(device)
     rates = DEFAULT_MISSING_RATES if missing_rates is None else missing_rates
-    cohort = generate_cohort(n_patients, seed, rates)
+    cohort = generate_cohort(n_patients + calibration_patients, seed, rates)
     inputs = [p.to_bundle_input() for p in cohort]
     labels = np.array([p.label for p in cohort], dtype=np.int64)
-    splits = split_indices(n_patients, seed)
+    splits = split_indices(n_patients, seed, calibration_patients)
     featurizer = Featurizer.fit(config, [inputs[i] for i in splits["train"]])
     encoded = [featurizer.encode(item) for item in inputs]
     training_data = {
         "kind": "synthetic",
         "description": "fusion.synthetic.generate_cohort: invented patients, no real data",
         "n_patients": n_patients,
+        "calibration_patients": calibration_patients,
         "seed": seed,
         "missing_rates": rates,
         "splits": {k: len(v) for k, v in splits.items()},
-        "prevalence": float(labels.mean()),
+        "prevalence": float(labels[:n_patients].mean()),
     }
     root = Path(output_dir)
     runs = [(config, root)]

@@ -51,6 +51,64 @@ def _plots(metrics: dict[str, Any], out: Path) -> list[str]:
     return ["calibration.png", "subsets.png"]
 
 
+def _worst(gaps: dict[str, float], *, absolute: bool = False) -> str:
+    """The smallest gap (or the largest absolute one) and where it is."""
+    if not gaps:
+        return "nothing to compare"
+    key = max(gaps, key=lambda k: abs(gaps[k])) if absolute else min(gaps, key=lambda k: gaps[k])
+    return f"worst {gaps[key]:+.4f} ({key})"
+
+
+def _goal_lines(metrics: dict[str, Any]) -> list[str]:
+    """One line per goal: met or not, and the number that decides it."""
+    goals = metrics["goals"]
+    details = {
+        "fraction_of_oracle_auroc>=0.97": f"{metrics['fraction_of_oracle_auroc']:.4f}",
+        "ece<=0.03": f"{metrics['ece']:.4f}",
+        "fused>=best_single_on_every_subset": _worst(goals["fused_minus_best_single"]),
+        "coverage_within_2pct_every_pattern": _worst(
+            goals["coverage_minus_nominal"], absolute=True
+        ),
+        "better_than_baselines": _worst(goals["fused_minus_baseline_auroc"]),
+    }
+    return [
+        f"- {goal}: {'met' if value else 'NOT met'} ({details.get(goal, '')})"
+        for goal, value in goals.items()
+        if isinstance(value, bool)
+    ]
+
+
+def _training_line(metrics: dict[str, Any]) -> list[str]:
+    """The training cohort sizes, when the metrics carry them."""
+    data = metrics.get("training_data") or {}
+    if not data.get("splits"):
+        return []
+    splits = data["splits"]
+    return [
+        f"Training cohort: {data.get('n_patients')} patients (seed {data.get('seed')}) plus "
+        f"{data.get('calibration_patients') or 0} further calibration patients; splits "
+        + ", ".join(f"{k} {v}" for k, v in splits.items())
+        + ".",
+        "",
+    ]
+
+
+def _subset_line(key: str, row: dict[str, Any]) -> str:
+    """One row of the per missing-modality subset table."""
+    best, gap = "", ""
+    if "best_single" in row:
+        best = f"{_f(row['best_single_auroc'])} ({row['best_single']})"
+        gap = f"{row['auroc_fused'] - row['best_single_auroc']:+.4f}"
+        if "fused_minus_best_single_ci95" in row:
+            gap += f" {_f(row['fused_minus_best_single_ci95'], 4)}"
+    return (
+        f"| {key} | {row['n']} | {_f(row['oracle_auroc'])} | {_f(row['auroc_fused'])} | "
+        f"{best} | {gap} | {_f(row.get('auroc_early'))} | {_f(row.get('auroc_late'))} | "
+        f"{_f(row.get('auroc_attention_weighted'))} | {row.get('calibration_n', '')} | "
+        f"{_f(row['conformal_coverage'])} | {_f(row['conformal_mean_width'])} |"
+    )
+
+
 def write_report(metrics: dict[str, Any], output_dir: str | Path) -> Path:
     """Write ``report.md`` (and plots when matplotlib is importable) into ``output_dir``.
 
@@ -72,15 +130,18 @@ def write_report(metrics: dict[str, Any], output_dir: str | Path) -> Path:
         f"prevalence {metrics['test_cohort']['prevalence']:.3f}). "
         f"Checkpoint sha256 `{model['sha256']}`.",
         "",
+        *_training_line(metrics),
         "| metric | value | 95% CI |",
         "| --- | --- | --- |",
         f"| AUROC | {_f(metrics['auroc'])} | {_f(metrics['auroc_ci95'])} |",
         f"| oracle AUROC (true risk) | {_f(metrics['oracle_auroc'])} | "
         f"{_f(metrics['oracle_auroc_ci95'])} |",
-        f"| AUROC / oracle | {_f(metrics['fraction_of_oracle_auroc'])} | |",
+        f"| AUROC / oracle | {_f(metrics['fraction_of_oracle_auroc'], 4)} | |",
         f"| AUPRC | {_f(metrics['auprc'])} | {_f(metrics['auprc_ci95'])} |",
         f"| ECE (calibrated) | {_f(metrics['ece'])} | |",
         f"| ECE (uncalibrated) | {_f(metrics['ece_uncalibrated'])} | |",
+        f"| ECE of a calibrated forecaster, same n (sampling floor) | "
+        f"{_f(metrics.get('ece_sampling_floor'))} | |",
         f"| Brier | {_f(metrics['brier'])} | |",
         f"| temperature | {_f(metrics['temperature'])} | |",
         "",
@@ -105,24 +166,12 @@ def write_report(metrics: dict[str, Any], output_dir: str | Path) -> Path:
         "Each row: the test patients having every modality of the subset, the others hidden.",
         f"Nominal conformal coverage {metrics['nominal_coverage']:.2f}.",
         "",
-        "| present | n | oracle | fused | best single | early | late | attention | "
-        "coverage | width |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| present | n | oracle | fused | best single | fused - best (95% CI) | early | late | "
+        "attention | calibration n | coverage | width |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for key, row in metrics["per_missing_subset"].items():
-        best = (
-            f"{_f(row['best_single_auroc'])} ({row['best_single']})" if "best_single" in row else ""
-        )
-        lines.append(
-            f"| {key} | {row['n']} | {_f(row['oracle_auroc'])} | {_f(row['auroc_fused'])} | "
-            f"{best} | {_f(row.get('auroc_early'))} | {_f(row.get('auroc_late'))} | "
-            f"{_f(row.get('auroc_attention_weighted'))} | {_f(row['conformal_coverage'])} | "
-            f"{_f(row['conformal_mean_width'])} |"
-        )
-    lines += ["", "## Goals", ""]
-    for goal, value in metrics["goals"].items():
-        if isinstance(value, bool):
-            lines.append(f"- {goal}: {'met' if value else 'NOT met'}")
+    lines += [_subset_line(key, row) for key, row in metrics["per_missing_subset"].items()]
+    lines += ["", "## Goals", "", *_goal_lines(metrics)]
     lines += ["", "## Calibration curve (calibrated probabilities)", ""]
     lines += ["| mean predicted | observed | n |", "| --- | --- | --- |"]
     lines += [

@@ -16,10 +16,11 @@ import torch
 
 from fusion.batch import Batch, bucket_by_length, collate
 from fusion.calibration import Calibration, fit_calibration
-from fusion.config import FusionConfig
+from fusion.config import FusionConfig, TrainConfig
 from fusion.features import EncodedBundle
 from fusion.inputs import MODALITIES, pattern_key
 from fusion.model import FusionModel
+from fusion.model.network import TrainingOutputs
 from fusion.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,54 @@ def predict_logits(
     return out
 
 
+@torch.no_grad()
+def predict_subset_logits(
+    model: FusionModel,
+    items: Sequence[EncodedBundle],
+    subsets: Sequence[tuple[str, ...]] = ALL_SUBSETS,
+    *,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[tuple[str, ...], np.ndarray]:
+    """Raw logits of every missing-modality view, one encoder pass per bundle.
+
+    For each subset S, the bundles that have every modality of S (the indices
+    :func:`subset_views` gives, in that order) are scored with every other modality
+    hidden: the same numbers as ``predict_logits(model, chosen, keep=S)``, for the cost of
+    one encoding plus one fusion-head pass per view.
+
+    Args:
+        model: The network (put in eval mode here).
+        items: Encoded bundles.
+        subsets: The subsets to score. Defaults to all 16.
+        batch_size: Bundles per forward pass. Defaults to 128.
+        device: Torch device. Defaults to CPU.
+        dtype: ``torch.bfloat16`` enables autocast on CUDA. Defaults to float32.
+
+    Returns:
+        Subset -> (n_S,) float64 logits, aligned with :func:`subset_views` indices.
+    """
+    device = torch.device(device)
+    model.eval().to(device)
+    presence = _presence(items)
+    out = {s: np.full(len(items), np.nan) for s in subsets}
+    for index, padded in batches(items, batch_size, model.config.image.image_size):
+        batch = padded.to(device)
+        with autocast(device, dtype):
+            encoded = model.encode(batch)
+            for subset in subsets:
+                need = np.array([m in subset for m in MODALITIES])
+                rows = np.nonzero((presence[index] | ~need).all(axis=1))[0]
+                if len(rows) == 0:
+                    continue
+                chosen = model.select(encoded, torch.from_numpy(rows).to(device))
+                logits = model.view(chosen, torch.from_numpy(need).to(device))
+                out[subset][np.asarray(index)[rows]] = logits.float().cpu().numpy()
+    views = dict(subset_views(items))
+    return {s: out[s][views[s]] for s in subsets}
+
+
 def _evaluate_loss(
     model: FusionModel, items: Sequence[EncodedBundle], labels: np.ndarray, device: torch.device
 ) -> float:
@@ -152,6 +201,8 @@ class _Run:
     best: dict[str, torch.Tensor] | None = None
     best_loss: float = math.inf
     epoch: int = -1
+    ema: dict[str, torch.Tensor] | None = None
+    steps: int = 0
 
     def save(self, path: Path) -> None:
         torch.save(
@@ -163,6 +214,8 @@ class _Run:
                 "best_loss": self.best_loss,
                 "history": self.history,
                 "epoch": self.epoch,
+                "ema": self.ema,
+                "steps": self.steps,
             },
             path,
         )
@@ -175,6 +228,33 @@ class _Run:
         self.best, self.best_loss = state["best"], float(state["best_loss"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.epoch = int(state["epoch"])
+        self.ema = state.get("ema")
+        self.steps = int(state.get("steps", 0))
+
+    def update_ema(self, decay: float) -> None:
+        """Fold the current weights into the exponential moving average.
+
+        The effective decay ``min(decay, (1 + t) / (10 + t))`` after ``t`` steps averages
+        over roughly the last tenth of the steps taken until ``decay`` caps it, so short
+        runs are not dominated by their initial weights. Integer buffers (BatchNorm step
+        counts) are copied.
+        """
+        current = self.model.state_dict()
+        if self.ema is None:
+            self.ema = {k: v.detach().clone() for k, v in current.items()}
+        rate = min(decay, (1.0 + self.steps) / (10.0 + self.steps))
+        with torch.no_grad():
+            for key, value in current.items():
+                if value.dtype.is_floating_point:
+                    self.ema[key].mul_(rate).add_(value.detach(), alpha=1.0 - rate)
+                else:
+                    self.ema[key].copy_(value)
+        self.steps += 1
+
+    def evaluated_weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the weights that validation sees: the average when kept, else live."""
+        source = self.ema if self.ema is not None else self.model.state_dict()
+        return {k: v.detach().clone() for k, v in source.items()}
 
 
 def _new_run(model: FusionModel, n_train: int) -> _Run:
@@ -195,12 +275,42 @@ def _new_run(model: FusionModel, n_train: int) -> _Run:
 def _auxiliary_loss(
     auxiliary: torch.Tensor, present: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
-    """Mean BCE of the per-modality auxiliary logits over the modalities present."""
+    """Mean BCE of per-modality logits (B, 4) over the modalities present."""
     losses = torch.nn.functional.binary_cross_entropy_with_logits(
         auxiliary, target.unsqueeze(1).expand_as(auxiliary), reduction="none"
     )
     weight = present.to(losses.dtype)
     return (losses * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def _training_loss(
+    out: TrainingOutputs, target: torch.Tensor, settings: TrainConfig
+) -> torch.Tensor:
+    """BCE of the training view plus the weighted auxiliary and single-view losses."""
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits.float(), target)
+    if out.auxiliary is not None:
+        auxiliary = _auxiliary_loss(out.auxiliary.float(), out.present, target)
+        loss = loss + settings.auxiliary_weight * auxiliary
+    if out.single is not None:
+        single = _per_modality_loss(out.single.float(), out.present, target)
+        loss = loss + settings.single_view_weight * single
+    return loss
+
+
+def _per_modality_loss(
+    logits: torch.Tensor, present: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Sum over modalities of the mean BCE of that modality's single view (B, 4).
+
+    Each single-modality view weighs like the whole loss of a single-modality model,
+    whatever the number of modalities a patient has.
+    """
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target.unsqueeze(1).expand_as(logits), reduction="none"
+    )
+    weight = present.to(losses.dtype)
+    per_modality = (losses * weight).sum(dim=0) / weight.sum(dim=0).clamp(min=1.0)
+    return per_modality.sum()
 
 
 def _train_epoch(
@@ -231,22 +341,22 @@ def _train_epoch(
             rate=settings.modality_dropout,
             single_rate=settings.single_modality_rate,
         )
-        batch = padded.to(device).hide(torch.from_numpy(hidden))
+        batch = padded.to(device)
         target = labels[index].to(device)
         with autocast(device, dtype):
-            if model.auxiliary is None:
-                logits, _ = model(batch)
-                auxiliary_loss = torch.zeros((), device=device)
-            else:
-                logits, auxiliary, present = model.forward_with_auxiliary(batch)
-                auxiliary_loss = _auxiliary_loss(auxiliary.float(), present, target)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
-        loss = loss + settings.auxiliary_weight * auxiliary_loss
+            out = model.forward_training(
+                batch,
+                torch.from_numpy(hidden).to(device),
+                single_views=settings.single_view_weight > 0,
+            )
+        loss = _training_loss(out, target, settings)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         run.optimizer.step()
         run.scheduler.step()
+        if settings.ema_decay > 0:
+            run.update_ema(settings.ema_decay)
         losses.append(loss.item())
         bar.update(1, loss=float(np.mean(losses[-20:])))
     bar.close()
@@ -269,7 +379,11 @@ def fit(
     AdamW with linear warm-up (5% of steps) and cosine decay, gradient norm clipped at 1,
     binary cross-entropy, modality dropout (``config.train.modality_dropout`` and
     ``single_modality_rate``, see :func:`modality_dropout_mask`), plus
-    ``auxiliary_weight`` times the loss of per-modality auxiliary heads. Every
+    ``auxiliary_weight`` times the loss of per-modality auxiliary heads and
+    ``single_view_weight`` times the loss of the single-modality views. With
+    ``ema_decay`` > 0 the weights validated and kept are an exponential moving average
+    of the training weights (:meth:`_Run.update_ema`), which are smoother, and so
+    better calibrated, than a snapshot taken mid-schedule. Every
     epoch draws its batch order, modality dropout and torch randomness from
     ``(seed, epoch)``, so a run resumed from ``state_path`` continues exactly.
 
@@ -296,7 +410,11 @@ def fit(
         train_loss = _train_epoch(
             run, train_items, labels, epoch=epoch, device=device, show_progress=show_progress
         )
+        weights = run.evaluated_weights()
+        live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(weights)
         val_loss = _evaluate_loss(model, val_items, np.asarray(val_labels), device)
+        model.load_state_dict(live)
         run.history["train_loss"].append(train_loss)
         run.history["val_loss"].append(val_loss)
         logger.info(
@@ -307,8 +425,7 @@ def fit(
             val_loss,
         )
         if val_loss < run.best_loss:
-            run.best_loss = val_loss
-            run.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            run.best_loss, run.best = val_loss, weights
         run.epoch = epoch
         if state_path is not None:
             run.save(state_path)
@@ -355,10 +472,10 @@ def calibrate(
     """
     labels = np.asarray(labels)
     natural = predict_logits(model, items, device=device)
+    views = predict_subset_logits(model, items, device=device)
     logits, ys, patterns = [], [], []
     for subset, index in subset_views(items):
-        chosen = [items[i] for i in index]
-        logits.append(predict_logits(model, chosen, keep=subset, device=device))
+        logits.append(views[subset])
         ys.append(labels[index])
         patterns += [pattern_key(subset)] * len(index)
     return fit_calibration(
@@ -369,6 +486,8 @@ def calibrate(
         conformal_patterns=patterns,
         coverage=model.config.coverage,
         min_pattern_count=model.config.min_pattern_count,
+        randomized=True,
+        seed=model.config.train.seed,
     )
 
 

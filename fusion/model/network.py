@@ -44,6 +44,49 @@ class Captured:
     demo_tokens: torch.Tensor
 
 
+@dataclass
+class Encoded:
+    """The data tokens of a batch, before missing tokens are added.
+
+    Every encoder is per modality and per bundle (no attention across modalities), so a
+    view that hides some modalities is these tokens with the hidden ones masked out.
+
+    Attributes:
+        tokens: (B, L, d_model) tokens with their modality-type embeddings.
+        mask: (B, L) True for real tokens.
+        groups: (B, L) modality group of each token.
+        present: (B, N_GROUPS) bool, which groups each bundle has.
+        captured: Attribution inputs, when asked for.
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    groups: torch.Tensor
+    present: torch.Tensor
+    captured: Captured | None
+
+
+@dataclass
+class TrainingOutputs:
+    """What one training forward pass returns (see :meth:`FusionModel.forward_training`).
+
+    Attributes:
+        logits: (B,) logits of the training view (modalities in ``hidden`` masked).
+        present: (B, 4) bool, the modalities each bundle has before hiding, in
+            MODALITIES order.
+        auxiliary: (B, 4) auxiliary logit of every modality, read from all the
+            bundle's modalities before hiding; None without auxiliary heads.
+        single: (B, 4) logit of the single-modality view of each modality (only that
+            modality and the demographics); meaningful where ``present``; None unless
+            asked for.
+    """
+
+    logits: torch.Tensor
+    present: torch.Tensor
+    auxiliary: torch.Tensor | None
+    single: torch.Tensor | None
+
+
 class FusionModel(nn.Module):
     """Token-level multimodal fusion, honest under missing data.
 
@@ -106,9 +149,8 @@ class FusionModel(nn.Module):
         Returns:
             (logits (B,), captured or None).
         """
-        tokens, mask, groups, _, captured = self._tokens(batch, capture)
-        logits: torch.Tensor = self.head(tokens, mask, groups)
-        return logits, captured
+        encoded = self._encode(batch, capture)
+        return self._fuse(encoded, encoded.mask, encoded.present), encoded.captured
 
     def forward_with_auxiliary(
         self, batch: Batch
@@ -129,16 +171,114 @@ class FusionModel(nn.Module):
         """
         if self.auxiliary is None:
             raise ValueError("this model has no auxiliary heads (auxiliary_weight is 0)")
-        tokens, mask, groups, present, _ = self._tokens(batch, capture=False)
-        logits: torch.Tensor = self.head(tokens, mask, groups)
-        pooled = pool_groups(tokens, mask, groups)
-        auxiliary = torch.cat([head(pooled[:, g]) for g, head in enumerate(self.auxiliary)], dim=1)
-        return logits, auxiliary, present[:, : len(MODALITIES)]
+        out = self.forward_training(batch)
+        assert out.auxiliary is not None
+        return out.logits, out.auxiliary, out.present
 
-    def _tokens(
-        self, batch: Batch, capture: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Captured | None]:
-        """(tokens, mask, groups, presence (B, N_GROUPS), captured) of a batch."""
+    def forward_training(
+        self, batch: Batch, hidden: torch.Tensor | None = None, *, single_views: bool = False
+    ) -> TrainingOutputs:
+        """One encoder pass, then the training view and optionally single-modality views.
+
+        The encoders run on every modality the bundles have; ``hidden`` then masks
+        modalities out of the fused view only (modality dropout). So the auxiliary heads,
+        when built, train each encoder on every bundle that has its modality, whatever
+        the dropout hid; and each single-modality view (that modality plus the
+        demographics, the input of a single-modality model) costs one more pass of the
+        fusion head, not of the encoders.
+
+        Args:
+            batch: Padded inputs.
+            hidden: (B, 4) bool in MODALITIES order, True = hide from the fused view.
+                None hides nothing.
+            single_views: Also return the logit of every single-modality view.
+
+        Returns:
+            The :class:`TrainingOutputs`.
+        """
+        encoded = self._encode(batch, capture=False)
+        n_mod = len(MODALITIES)
+        present = encoded.present[:, :n_mod]
+        hide = torch.zeros_like(encoded.present)
+        if hidden is not None:
+            hide[:, :n_mod] = hidden.to(hide.device)
+        logits = self._view(encoded, hide)
+        auxiliary = None
+        if self.auxiliary is not None:
+            pooled = pool_groups(encoded.tokens, encoded.mask, encoded.groups)
+            auxiliary = torch.cat(
+                [head(pooled[:, g]) for g, head in enumerate(self.auxiliary)], dim=1
+            )
+        single = None
+        if single_views:
+            single = logits.new_zeros((batch.size, n_mod))
+            for m in range(n_mod):
+                rows = present[:, m].nonzero().squeeze(1)
+                if len(rows) == 0:
+                    continue
+                only = torch.ones_like(hide[rows])
+                only[:, m] = False
+                only[:, GROUP_DEMOGRAPHICS] = False
+                single[rows, m] = self._view(_select(encoded, rows), only)
+        return TrainingOutputs(logits, present, auxiliary, single)
+
+    def encode(self, batch: Batch) -> Encoded:
+        """The data tokens of a batch, to score several views with :meth:`view`."""
+        return self._encode(batch, capture=False)
+
+    def view(self, encoded: Encoded, keep: torch.Tensor) -> torch.Tensor:
+        """Logits of the view of an encoding that keeps only some modalities.
+
+        Equal to ``forward(batch.keep_only(...))`` for the same bundles, without running
+        the encoders again.
+
+        Args:
+            encoded: From :meth:`encode`.
+            keep: (4,) or (B, 4) bool in MODALITIES order, True = keep; the demographics
+                are always kept.
+
+        Returns:
+            (B,) logits.
+        """
+        n = encoded.present.shape[0]
+        hide = torch.zeros_like(encoded.present)
+        hide[:, : len(MODALITIES)] = ~keep.to(hide.device).expand(n, len(MODALITIES))
+        return self._view(encoded, hide)
+
+    def select(self, encoded: Encoded, rows: torch.Tensor) -> Encoded:
+        """The bundles ``rows`` of an encoding (without captured tensors)."""
+        return _select(encoded, rows)
+
+    def _view(self, encoded: Encoded, hide: torch.Tensor) -> torch.Tensor:
+        """Fused logits with the groups flagged in ``hide`` (B, N_GROUPS) masked out.
+
+        Token positions that no bundle of the view can see are dropped first: the heads
+        ignore masked tokens, so this changes nothing but the cost.
+        """
+        visible = encoded.mask & ~hide.gather(1, encoded.groups)
+        columns = visible.any(dim=0).nonzero().squeeze(1)
+        trimmed = Encoded(
+            encoded.tokens[:, columns],
+            visible[:, columns],
+            encoded.groups[:, columns],
+            encoded.present,
+            None,
+        )
+        return self._fuse(trimmed, trimmed.mask, encoded.present & ~hide)
+
+    def _fuse(self, encoded: Encoded, mask: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Head logits of the visible tokens plus a missing token per absent group."""
+        n = present.shape[0]
+        all_groups = torch.arange(N_GROUPS, device=present.device).expand(n, N_GROUPS)
+        missing = self.missing.unsqueeze(0).expand(n, -1, -1) + self.modality_type(all_groups)
+        tokens = torch.cat([encoded.tokens, missing], dim=1)
+        mask = torch.cat([mask, ~present], dim=1)
+        groups = torch.cat([encoded.groups, all_groups], dim=1)
+        logits: torch.Tensor = self.head(tokens, mask, groups)
+        return logits
+
+    def _encode(self, batch: Batch, capture: bool) -> Encoded:
+        """The data tokens of a batch (modalities outside ``config.modalities`` hidden)."""
         batch = self.restrict(batch)
         n, d = batch.size, self.config.d_model
         parts: list[torch.Tensor] = []
@@ -183,14 +323,22 @@ class FusionModel(nn.Module):
         add(demo_tokens, demo_mask, GROUP_DEMOGRAPHICS)
 
         present = torch.cat([presence, batch.demographics_present.unsqueeze(1)], dim=1)
-        all_groups = torch.arange(N_GROUPS, device=present.device).expand(n, N_GROUPS)
-        add(self.missing.unsqueeze(0).expand(n, -1, -1), ~present, all_groups)
-
         captured = Captured(note_embeds, obs_tokens, demo_tokens) if capture else None
-        return (
+        return Encoded(
             torch.cat(parts, dim=1),
             torch.cat(masks, dim=1),
             torch.cat(groups, dim=1),
             present,
             captured,
         )
+
+
+def _select(encoded: Encoded, rows: torch.Tensor) -> Encoded:
+    """The bundles ``rows`` of an encoding (without captured tensors)."""
+    return Encoded(
+        encoded.tokens[rows],
+        encoded.mask[rows],
+        encoded.groups[rows],
+        encoded.present[rows],
+        None,
+    )

@@ -23,6 +23,8 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
             "tiny",
             "--patients",
             "120",
+            "--calibration-patients",
+            "40",
             "--epochs",
             "1",
             "--output",
@@ -36,6 +38,13 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     loaded = load_checkpoint(model_dir)
     assert loaded.model_card["training_data"]["kind"] == "synthetic"
+    assert loaded.model_card["training_data"]["calibration_patients"] == 40
+    assert loaded.model_card["training_data"]["splits"] == {
+        "validation": 12,
+        "calibration": 30 + 40,
+        "train": 78,
+    }
+    assert loaded.calibration.randomized
     assert (model_dir / "ablations" / "only_labs" / "model.json").is_file()
 
     report_dir = tmp_path / "report"
@@ -84,6 +93,10 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     }
     row = metrics["per_missing_subset"]["image+notes+labs+vitals"]
     assert {"auroc_fused", "best_single_auroc", "conformal_coverage", "oracle_auroc"} <= set(row)
+    assert row["calibration_n"] == loaded.calibration.counts["image+notes+labs+vitals"]
+    assert len(row["fused_minus_best_single_ci95"]) == 2
+    assert metrics["training_data"]["calibration_patients"] == 40
+    assert 0.0 < metrics["ece_sampling_floor"] < 1.0
     assert (report_dir / "report.md").read_text().startswith("# Evaluation")
 
 

@@ -5,11 +5,20 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion.calibration import conformal_quantile, fit_calibration, fit_temperature
-from fusion.metrics import auprc, auroc, brier, calibration_curve, ece
+from fusion.calibration import Calibration, conformal_quantile, fit_calibration, fit_temperature
+from fusion.metrics import (
+    auprc,
+    auroc,
+    brier,
+    calibration_curve,
+    ece,
+    ece_sampling_floor,
+    paired_bootstrap_ci,
+)
 
 
 def _auroc_brute(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -93,3 +102,89 @@ def test_calibration_is_per_pattern_with_pooled_fallback() -> None:
     assert np.isclose(
         high - low, min(1.0, 0.5 + fitted.pooled_quantile) - max(0.0, 0.5 - fitted.pooled_quantile)
     )
+
+
+def _mean_quantile(n: int, randomized: bool, reps: int = 4000) -> float:
+    """Mean conformal quantile of n uniform scores: the coverage of uniform test scores."""
+    rng = np.random.default_rng(5)
+    draws = [
+        conformal_quantile(rng.random(n), 0.9, u=float(rng.random()) if randomized else None)
+        for _ in range(reps)
+    ]
+    return float(np.mean(draws))
+
+
+def test_randomized_conformal_quantile_has_exact_expected_coverage() -> None:
+    # (n + 1) * 0.9 = 41.4: the conservative rank 42 covers 42/46 = 0.913 on average,
+    # the randomized rank (41 or 42) covers 0.9 exactly.
+    assert abs(_mean_quantile(45, randomized=True) - 0.9) < 0.003
+    assert _mean_quantile(45, randomized=False) - 0.9 > 0.008
+
+
+def test_randomized_conformal_quantile_ranks() -> None:
+    scores = np.arange(1, 46) / 46.0
+    assert conformal_quantile(scores, 0.9, u=0.0) == scores[40]
+    assert conformal_quantile(scores, 0.9, u=0.99) == scores[41]
+    assert conformal_quantile(scores[:1], 0.3, u=0.0) == 0.0
+    assert conformal_quantile(scores[:2], 0.9, u=0.5) == 1.0
+    with pytest.raises(ValueError):
+        conformal_quantile(scores, 0.9, u=1.0)
+
+
+def test_randomized_calibration_is_seeded_and_recorded() -> None:
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=400)
+    y = (rng.random(400) < 0.3).astype(int)
+    patterns = ["labs", "image"] * 200
+
+    def fitted(seed: int, randomized: bool = True) -> Calibration:
+        return fit_calibration(
+            temperature_logits=logits,
+            temperature_labels=y,
+            conformal_logits=logits,
+            conformal_labels=y,
+            conformal_patterns=patterns,
+            coverage=0.9,
+            min_pattern_count=50,
+            randomized=randomized,
+            seed=seed,
+        )
+
+    assert fitted(1).quantiles == fitted(1).quantiles
+    assert fitted(1).randomized and not fitted(1, randomized=False).randomized
+    restored = Calibration.from_dict(fitted(1).to_dict())
+    assert restored == fitted(1)
+    old = fitted(1).to_dict()
+    del old["randomized"]
+    assert Calibration.from_dict(old).randomized is False
+    conservative = fitted(1, randomized=False).quantiles
+    assert all(fitted(1).quantiles[k] <= conservative[k] for k in conservative)
+
+
+def test_ece_sampling_floor_is_the_ece_of_a_calibrated_forecaster() -> None:
+    rng = np.random.default_rng(7)
+    p = rng.beta(1.5, 3.0, 2000)
+    measured = np.mean([ece((rng.random(2000) < p).astype(int), p) for _ in range(100)])
+    floor = ece_sampling_floor(p)
+    assert abs(floor - measured) < 0.1 * measured
+    large = rng.beta(1.5, 3.0, 20000)
+    assert ece_sampling_floor(large) < floor / 2.5
+    assert np.isnan(ece_sampling_floor(np.array([])))
+
+
+def test_ece_sampling_floor_is_below_a_miscalibrated_ece() -> None:
+    rng = np.random.default_rng(8)
+    p = rng.beta(1.5, 3.0, 5000)
+    y = (rng.random(5000) < np.clip(p - 0.08, 0.0, 1.0)).astype(int)
+    assert ece(y, p) > 0.05 > 2 * ece_sampling_floor(p)
+
+
+def test_paired_bootstrap_ci() -> None:
+    rng = np.random.default_rng(9)
+    y = (rng.random(500) < 0.4).astype(int)
+    good = y + rng.normal(0.0, 0.5, 500)
+    noise = rng.random(500)
+    assert paired_bootstrap_ci(auroc, y, good, good, n_resamples=50) == (0.0, 0.0)
+    low, high = paired_bootstrap_ci(auroc, y, good, noise, n_resamples=100)
+    assert 0.0 < low < auroc(y, good) - auroc(y, noise) < high
+    assert np.isnan(paired_bootstrap_ci(auroc, y, good, noise, n_resamples=0)[0])

@@ -157,9 +157,12 @@ def test_no_auxiliary_heads_by_default_keeps_the_state_dict(
 def test_config_without_new_training_keys_still_loads() -> None:
     data = preset("tiny").to_dict()
     del data["train"]["single_modality_rate"], data["train"]["auxiliary_weight"]
+    del data["train"]["single_view_weight"], data["train"]["ema_decay"]
     config = FusionConfig.from_dict(data)
     assert config.train.single_modality_rate == 0.0
     assert config.train.auxiliary_weight == 0.0
+    assert config.train.single_view_weight == 0.0
+    assert config.train.ema_decay == 0.0
 
 
 def test_invalid_config_is_refused() -> None:
@@ -173,9 +176,18 @@ def test_invalid_config_is_refused() -> None:
         preset("huge")
 
 
-def test_config_round_trips() -> None:
-    config = preset("demo")
+@pytest.mark.parametrize("name", ["tiny", "demo", "benchmark", "production"])
+def test_config_round_trips(name: str) -> None:
+    config = preset(name)
     assert FusionConfig.from_dict(config.to_dict()) == config
+
+
+def test_benchmark_preset_is_the_demo_architecture_with_its_own_recipe() -> None:
+    demo, benchmark = preset("demo").to_dict(), preset("benchmark").to_dict()
+    for key in ("image", "text", "d_model", "num_latents", "num_fusion_layers", "fusion"):
+        assert benchmark[key] == demo[key], key
+    assert benchmark["train"]["single_view_weight"] > 0
+    assert benchmark["train"]["ema_decay"] > 0
 
 
 def test_bucket_by_length_covers_every_index_once() -> None:
@@ -186,3 +198,40 @@ def test_bucket_by_length_covers_every_index_once() -> None:
         assert all(len(g) <= 3 for g in groups)
     ordered = bucket_by_length(lengths, 3)
     assert [lengths[i] for i in ordered[0]] == [1, 2, 3]
+
+
+def test_forward_training_views_match_the_hidden_forward(
+    featurizer: Featurizer, inputs: list[BundleInput]
+) -> None:
+    config = preset("tiny")
+    config.train.auxiliary_weight = 0.5
+    model = FusionModel(config, featurizer.n_codes, featurizer.vocab_size).eval()
+    batch = _batch(featurizer, inputs)
+    hidden = torch.from_numpy(np.random.default_rng(0).random((batch.size, 4)) < 0.5)
+    out = model.forward_training(batch, hidden, single_views=True)
+    assert torch.allclose(out.logits, model(batch.hide(hidden))[0], atol=1e-5)
+    assert torch.equal(out.present, batch.presence())
+    assert out.single is not None and out.auxiliary is not None
+    for m, modality in enumerate(MODALITIES):
+        rows = out.present[:, m]
+        alone = model(batch.keep_only([modality]))[0]
+        assert torch.allclose(out.single[rows, m], alone[rows], atol=1e-5), modality
+    # The auxiliary heads read every modality the bundle has, whatever the view hides.
+    unhidden = model.forward_training(batch)
+    assert unhidden.auxiliary is not None
+    assert torch.allclose(out.auxiliary, unhidden.auxiliary, atol=1e-6)
+    assert unhidden.single is None
+
+
+def test_subset_logits_equal_the_keep_only_logits(
+    featurizer: Featurizer, inputs: list[BundleInput]
+) -> None:
+    from fusion.training import predict_logits, predict_subset_logits, subset_views
+
+    items = [featurizer.encode(item) for item in inputs]
+    for config in (preset("tiny"), preset("tiny").replace(modalities=("labs",))):
+        model = FusionModel(config, featurizer.n_codes, featurizer.vocab_size)
+        views = predict_subset_logits(model, items, batch_size=8)
+        for subset, index in subset_views(items):
+            expected = predict_logits(model, [items[i] for i in index], keep=subset)
+            assert np.allclose(views[subset], expected, atol=1e-5), subset

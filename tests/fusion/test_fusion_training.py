@@ -55,8 +55,9 @@ def test_short_training_learns(data: dict[str, object]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("ema_decay", [0.0, 0.99])
 def test_resume_continues_exactly(
-    data: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float
 ) -> None:
     featurizer = data["featurizer"]
     assert isinstance(featurizer, Featurizer)
@@ -64,7 +65,7 @@ def test_resume_continues_exactly(
     assert isinstance(items, list) and isinstance(labels, np.ndarray)
     items, labels = items[:160], labels[:160]
     config = preset("tiny")
-    config.train.epochs = 2
+    config.train.epochs, config.train.ema_decay = 2, ema_decay
     interrupted = tmp_path / "after_epoch_1.pt"
     original_save = training._Run.save
 
@@ -138,3 +139,56 @@ def test_training_with_single_modality_views_and_auxiliary_heads(
     )
     assert np.isfinite(history["train_loss"]).all()
     assert np.isfinite(predict_logits(model, items[400:450])).all()
+
+
+def test_extra_calibration_patients_go_to_calibration_only() -> None:
+    from fusion.pipeline import split_indices
+
+    plain = split_indices(1000, seed=3)
+    extra = split_indices(1000, seed=3, extra_calibration=500)
+    assert np.array_equal(plain["train"], extra["train"])
+    assert np.array_equal(plain["validation"], extra["validation"])
+    assert len(extra["calibration"]) == 750
+    assert set(extra["calibration"]) - set(plain["calibration"]) == set(range(1000, 1500))
+
+
+def test_training_with_single_views(data: dict[str, object]) -> None:
+    featurizer = data["featurizer"]
+    assert isinstance(featurizer, Featurizer)
+    config = preset("tiny")
+    config.train.epochs, config.train.single_view_weight = 1, 1.0
+    model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
+    items, labels = data["train"], data["train_y"]
+    assert isinstance(items, list) and isinstance(labels, np.ndarray)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = fit(
+        model, items[:128], labels[:128], items[128:160], labels[128:160], show_progress=False
+    )
+    assert np.isfinite(history["train_loss"]).all()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_moving_average_of_the_weights() -> None:
+    model = torch.nn.Linear(2, 1)
+    run = training._Run(model, torch.optim.SGD(model.parameters()), None)  # type: ignore[arg-type]
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    run.update_ema(0.5)
+    assert run.ema is not None and torch.equal(run.ema["weight"], torch.ones(1, 2))
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    run.update_ema(0.5)  # rate min(0.5, 2 / 11) = 2 / 11
+    expected = 2 / 11 * 1.0 + 9 / 11 * 3.0
+    assert torch.allclose(run.ema["weight"], torch.full((1, 2), expected))
+    assert torch.allclose(run.evaluated_weights()["weight"], torch.full((1, 2), expected))
+    assert torch.equal(model.weight, torch.full((1, 2), 3.0))
+
+
+def test_each_single_view_counts_like_a_whole_single_modality_loss() -> None:
+    logits = torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, -2.0, 0.0, 0.0]])
+    present = torch.tensor([[True, True, False, False], [False, True, False, False]])
+    target = torch.tensor([1.0, 0.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    image = bce(torch.tensor(0.0), torch.tensor(1.0))  # one patient has an image
+    notes = bce(torch.tensor([2.0, -2.0]), target)  # both have notes
+    assert torch.isclose(training._per_modality_loss(logits, present, target), image + notes)
