@@ -1,8 +1,9 @@
 """Gradient x input attributions of the logit, per modality, JSON-serialisable.
 
 * image: |grad x input| on the model-resolution pixels, resized back to the original
-  image resolution (bilinear) and scaled to [0, 1]; capped at ``max_heatmap_side``
-  pixels on the long side, the scale being reported.
+  image's aspect (bilinear) and scaled to [0, 1]; capped at ``max_heatmap_side``
+  pixels on the long side (the predictor's default: the model's input side), the
+  returned ``shape`` and the original ``image_shape`` both being reported.
 * notes: per token, the sum over the embedding of grad x input (signed: positive raises
   the risk), with the token strings.
 * observations: per lab or vital token, the sum of grad x input of its token embedding

@@ -34,7 +34,10 @@ class Predictor:
             Defaults to ``float32``.
         expected_sha256: Pin the checkpoint hash (recommended in production).
         batch_size: Bundles per forward pass. Defaults to 32.
-        max_heatmap_side: Largest returned heatmap side, pixels. Defaults to 512.
+        max_heatmap_side: Largest returned heatmap side, pixels. Defaults to the model's
+            input side (``config.image.image_size``): the gradient has no finer detail,
+            and a larger map only makes every stored prediction bigger (a 512-pixel map
+            is about 2 MB of JSON); the review page interpolates it to the display.
 
     Raises:
         CheckpointIntegrityError: The checkpoint fails its hash check.
@@ -49,7 +52,7 @@ class Predictor:
         dtype: str | torch.dtype = "float32",
         expected_sha256: str | None = None,
         batch_size: int = 32,
-        max_heatmap_side: int = 512,
+        max_heatmap_side: int | None = None,
     ) -> None:
         self.checkpoint: LoadedCheckpoint = load_checkpoint(
             checkpoint, expected_sha256=expected_sha256
@@ -57,8 +60,8 @@ class Predictor:
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.batch_size = batch_size
-        self.max_heatmap_side = max_heatmap_side
         self.model = self.checkpoint.model.to(self.device).eval()
+        self.max_heatmap_side = max_heatmap_side or self.checkpoint.config.image.image_size
 
     @property
     def model_name(self) -> str:
@@ -74,6 +77,19 @@ class Predictor:
     def sha256(self) -> str:
         """sha256 of the checkpoint weights file."""
         return self.checkpoint.sha256
+
+    def warm_up_buckets(self, *, attributions: bool = True) -> int:
+        """Run the encoders on every shape bucket (see ``FusionModel.shape_buckets``).
+
+        Done at start-up by a worker with compiled encoders, so that every compiled graph
+        exists before the first job. ``attributions`` must match how ``predict`` will be
+        called (compiled graphs are specialised on gradient mode).
+
+        Returns:
+            The number of encoder calls made (0 when no buckets are set).
+        """
+        with autocast(self.device, self.dtype):
+            return self.model.warm_up_buckets(grad=attributions)
 
     def missing_modalities(self, item: BundleInput) -> list[str]:
         """Modalities the model will treat as missing for ``item`` (absent or not used)."""

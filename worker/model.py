@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from fusion.inputs import BundleInput
+from fusion.model.network import ShapeBuckets
 from fusion.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -24,17 +26,33 @@ def pick_device(requested: str) -> tuple[str, str]:
     return requested, dtype
 
 
-def compile_encoders(predictor: Predictor) -> None:
+def compile_encoders(predictor: Predictor, *, backend: str = "inductor") -> ShapeBuckets:
     """``torch.compile`` the image and note encoders, where the model's FLOPs are.
 
-    The fusion layers index by which modalities are present, so they stay eager; the
-    encoders see fixed shapes per length bucket and compile once per bucket at warm-up.
+    The fusion layers index by which modalities are present, so they stay eager. The
+    encoders get fixed shapes: their inputs are padded to the model's
+    :class:`~fusion.model.network.ShapeBuckets` (rows, note length), each compiled once by
+    :meth:`Predictor.warm_up_buckets`; the recompile limit is raised to the number of
+    buckets, so no shape ever falls back to eager.
+
+    Args:
+        predictor: The loaded predictor (its model is changed in place).
+        backend: ``torch.compile`` backend; ``eager`` (tests) only traces.
+
+    Returns:
+        The shape buckets set on the model.
     """
     import torch
+    import torch._dynamo.config
 
     model = predictor.model
-    model.image.backbone = torch.compile(model.image.backbone, dynamic=False)
-    model.notes.encoder = torch.compile(model.notes.encoder, dynamic=False)
+    buckets = ShapeBuckets.for_model(model.config, predictor.batch_size)
+    model.shape_buckets = buckets
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, buckets.shapes + 8)
+    model.image.backbone = torch.compile(model.image.backbone, dynamic=False, backend=backend)
+    model.notes.encoder = torch.compile(model.notes.encoder, dynamic=False, backend=backend)
+    return buckets
 
 
 def warm_up_inputs(size: int) -> list[BundleInput]:
@@ -63,7 +81,8 @@ def load_predictor(
         expected_sha256: refuse a checkpoint with another hash.
         batch_size: the largest batch per forward pass.
         compile_model: compile the encoders; default: on CUDA only.
-        warm_up_batches: batch sizes to run once before serving, as the worker runs them
+        warm_up_batches: after the shape buckets (when compiled), batch sizes to run once
+            before serving, as the worker runs them
             (every modality present, attributions on), so kernels are chosen, memory is
             reserved and compiled graphs exist before the first job.
 
@@ -75,7 +94,16 @@ def load_predictor(
         checkpoint, device=dev, dtype=dtype, expected_sha256=expected_sha256, batch_size=batch_size
     )
     if compile_model if compile_model is not None else dev.startswith("cuda"):
-        compile_encoders(predictor)
+        buckets = compile_encoders(predictor)
+        started = time.perf_counter()
+        calls = predictor.warm_up_buckets(attributions=True)
+        logger.info(
+            "compiled the encoders for %d shapes (rows %s, note lengths %s) in %.1f s",
+            calls,
+            buckets.rows,
+            buckets.note_lengths,
+            time.perf_counter() - started,
+        )
     for size in warm_up_batches:
         predictor.predict(warm_up_inputs(size))
     logger.info(

@@ -3,8 +3,9 @@
 The pixels come from the stored DICOM file of the instance the model read
 (``outputs.image_instance``, a SOPInstanceUID). Decoding uses pydicom and numpy only; the
 web process never imports torch or the model. The heatmap (``attributions.image.heatmap``,
-values in [0, 1], at most 512 px on the long side, see ``fusion/README.md``) is resized to
-the displayed image and blended with a colour map whose opacity grows with the value.
+values in [0, 1], at the model's input resolution, see ``fusion/README.md``) is
+interpolated bilinearly to the displayed image and blended with a colour map whose opacity
+grows with the value.
 """
 
 from __future__ import annotations
@@ -112,6 +113,21 @@ def resize_nearest(array: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return np.asarray(array[r[:, None], c[None, :]])
 
 
+def resize_bilinear(array: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Bilinear resize of a 2-D float array (pixel centres aligned, edges clamped)."""
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        low = np.floor(x).astype(np.intp)
+        return low, np.minimum(low + 1, n_in - 1), (x - low).astype(np.float32)
+
+    r0, r1, fr = axis(rows, array.shape[0])
+    c0, c1, fc = axis(cols, array.shape[1])
+    top = array[r0][:, c0] * (1 - fc) + array[r0][:, c1] * fc
+    bottom = array[r1][:, c0] * (1 - fc) + array[r1][:, c1] * fc
+    return np.asarray(top * (1 - fr[:, None]) + bottom * fr[:, None], dtype=np.float32)
+
+
 def display_size(shape: tuple[int, ...], max_side: int = MAX_SIDE) -> tuple[int, int]:
     """``shape`` scaled so the long side is at most ``max_side`` (never enlarged)."""
     rows, cols = int(shape[0]), int(shape[1])
@@ -136,7 +152,7 @@ def colour_map(values: np.ndarray) -> np.ndarray:
 
 def overlay(grey: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     """``grey`` (uint8) with ``heatmap`` ([0, 1], any size) blended over it, as RGB uint8."""
-    heat = resize_nearest(np.clip(heatmap.astype(np.float32), 0, 1), *grey.shape)
+    heat = resize_bilinear(np.clip(heatmap.astype(np.float32), 0, 1), *grey.shape)
     base = np.repeat(grey[..., None].astype(np.float32) / 255, 3, axis=2)
     alpha = (MAX_ALPHA * heat)[..., None]
     blended = base * (1 - alpha) + colour_map(heat) * alpha

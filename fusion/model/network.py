@@ -29,6 +29,51 @@ from fusion.model.heads import (
 GROUP_IMAGE, GROUP_NOTES, GROUP_LABS, GROUP_VITALS, GROUP_DEMOGRAPHICS = range(N_GROUPS)
 
 
+@dataclass(frozen=True)
+class ShapeBuckets:
+    """Fixed input shapes for the image and note encoders, for compiled inference.
+
+    The encoders run only on the bundles that have their modality, so without buckets
+    a compiled encoder sees as many row counts (and note lengths) as batches have, and
+    recompiles for each until torch gives up and runs it eagerly. With buckets, the rows
+    (and the note length) are padded up to the next bucket: padded image rows are zeros,
+    padded note rows attend to one padding token, and their outputs are dropped. Each
+    encoder then only ever sees ``len(rows)`` (images) or ``len(rows) * len(note_lengths)``
+    (notes) shapes, all compiled at warm-up (:meth:`FusionModel.warm_up_buckets`).
+
+    Attributes:
+        rows: Row counts, ascending; a batch never has more rows than the last.
+        note_lengths: Note token lengths, ascending; the last is the longest note input.
+    """
+
+    rows: tuple[int, ...]
+    note_lengths: tuple[int, ...]
+
+    @classmethod
+    def for_model(cls, config: FusionConfig, batch_size: int) -> ShapeBuckets:
+        """Powers of 4 up to ``batch_size`` (padding waste under 4x, under 2x for full
+        batches) and a quarter, half and all of ``config.text.max_tokens``.
+        """
+        rows = {batch_size}
+        size = 1
+        while size < batch_size:
+            rows.add(size)
+            size *= 4
+        longest = config.text.max_tokens
+        lengths = {longest} | {longest // k for k in (2, 4) if longest // k >= 8}
+        return cls(tuple(sorted(rows)), tuple(sorted(lengths)))
+
+    @staticmethod
+    def fit(n: int, sizes: tuple[int, ...]) -> int:
+        """The smallest size >= n (n itself when it exceeds every size)."""
+        return next((s for s in sizes if s >= n), n)
+
+    @property
+    def shapes(self) -> int:
+        """Distinct encoder input shapes: what the recompile limit must allow."""
+        return len(self.rows) * (1 + len(self.note_lengths))
+
+
 @dataclass
 class Captured:
     """Inputs of the attribution maps, kept when ``FusionModel.forward(capture=True)``.
@@ -129,6 +174,8 @@ class FusionModel(nn.Module):
             self.auxiliary = nn.ModuleList(
                 nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1)) for _ in MODALITIES
             )
+        #: Padded encoder shapes for compiled inference; None runs the exact shapes.
+        self.shape_buckets: ShapeBuckets | None = None
 
     def restrict(self, batch: Batch) -> Batch:
         """The batch with every modality outside ``config.modalities`` hidden."""
@@ -277,6 +324,67 @@ class FusionModel(nn.Module):
         logits: torch.Tensor = self.head(tokens, mask, groups)
         return logits
 
+    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image tokens of (k, 1, S, S) pixels, rows padded to a bucket when set."""
+        buckets = self.shape_buckets
+        k = pixels.shape[0]
+        if buckets is None or ShapeBuckets.fit(k, buckets.rows) == k:
+            out: torch.Tensor = self.image(pixels)
+            return out
+        pad = pixels.new_zeros((ShapeBuckets.fit(k, buckets.rows) - k, *pixels.shape[1:]))
+        out = self.image(torch.cat([pixels, pad]))
+        return out[:k]
+
+    def _encode_notes(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Note tokens of (k, L, width) embeddings, padded to a row and length bucket."""
+        buckets = self.shape_buckets
+        if buckets is None:
+            out: torch.Tensor = self.notes(embeds, mask)
+            return out
+        k, length, width = embeds.shape
+        rows = ShapeBuckets.fit(k, buckets.rows)
+        columns = ShapeBuckets.fit(length, buckets.note_lengths)
+        if (rows, columns) == (k, length):
+            out = self.notes(embeds, mask)
+            return out
+        padded = embeds.new_zeros((rows, columns, width))
+        padded[:k, :length] = embeds
+        padded_mask = mask.new_zeros((rows, columns))
+        padded_mask[:k, :length] = mask
+        padded_mask[k:, 0] = True  # a padding row attends to one token, never to none
+        out = self.notes(padded, padded_mask)
+        return out[:k, :length]
+
+    def warm_up_buckets(self, *, grad: bool) -> int:
+        """Run each encoder once on every bucket shape, as inference would call it.
+
+        Call under the autocast inference uses, in eval mode; ``grad`` as inference runs
+        (attributions need gradients, and compiled graphs are specialised on grad mode).
+
+        Returns:
+            The number of encoder calls made (0 without buckets).
+        """
+        buckets = self.shape_buckets
+        if buckets is None:
+            return 0
+        parameter = next(self.parameters())
+        size = self.config.image.image_size
+        calls = 0
+        with torch.set_grad_enabled(grad):
+            for rows in buckets.rows:
+                pixels = parameter.new_zeros((rows, 1, size, size), dtype=torch.float32)
+                out = self._encode_images(pixels.requires_grad_(grad))
+                for length in buckets.note_lengths:
+                    ids = torch.zeros((rows, length), dtype=torch.long, device=parameter.device)
+                    mask = torch.ones((rows, length), dtype=torch.bool, device=parameter.device)
+                    out = out.sum() + self._encode_notes(self.notes.embed(ids), mask).sum()
+                    calls += 1
+                if grad:
+                    out.float().sum().backward()  # type: ignore[no-untyped-call]
+                calls += 1
+        self.zero_grad(set_to_none=True)
+        return calls
+
     def _encode(self, batch: Batch, capture: bool) -> Encoded:
         """The data tokens of a batch (modalities outside ``config.modalities`` hidden)."""
         batch = self.restrict(batch)
@@ -294,7 +402,7 @@ class FusionModel(nn.Module):
 
         image_rows = batch.image_present.nonzero().squeeze(1)
         if len(image_rows):
-            encoded = self.image(batch.image[image_rows])
+            encoded = self._encode_images(batch.image[image_rows])
             image_tokens = encoded.new_zeros((n, encoded.shape[1], d))
             image_tokens[image_rows] = encoded
             image_mask = batch.image_present.unsqueeze(1).expand(n, encoded.shape[1])
@@ -307,7 +415,7 @@ class FusionModel(nn.Module):
             note_embeds = self.notes.embed(batch.note_ids)
             if capture:
                 note_embeds.retain_grad()
-            encoded = self.notes(note_embeds[note_rows], batch.note_mask[note_rows])
+            encoded = self._encode_notes(note_embeds[note_rows], batch.note_mask[note_rows])
             note_tokens = encoded.new_zeros((n, encoded.shape[1], d))
             note_tokens[note_rows] = encoded
             note_tokens = note_tokens + self.note_time(batch.note_times)

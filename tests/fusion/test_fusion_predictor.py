@@ -48,11 +48,16 @@ def test_attribution_shapes(
     )
     out_full, out_big = predictor.predict([full, big])
     attributions = out_full.attributions
-    assert attributions["image"]["shape"] == list(full.image.shape)
+    side = predictor.checkpoint.config.image.image_size  # the default cap: no finer detail
+    assert attributions["image"]["image_shape"] == list(full.image.shape)
     heatmap = np.array(attributions["image"]["heatmap"])
-    assert heatmap.shape == full.image.shape
+    assert max(heatmap.shape) == min(side, max(full.image.shape))
     assert heatmap.min() >= 0.0 and np.isclose(heatmap.max(), 1.0)
-    assert np.array(out_big.attributions["image"]["heatmap"]).shape == (192, 128)
+    big_map = out_big.attributions["image"]
+    assert big_map["image_shape"] == [3 * full.image.shape[0], 2 * full.image.shape[1]]
+    assert np.array(big_map["heatmap"]).shape == (side, round(side * 2 / 3))
+    wide = Predictor(predictor.checkpoint.directory, max_heatmap_side=512).predict([big])[0]
+    assert np.array(wide.attributions["image"]["heatmap"]).shape == (192, 128)
     notes = attributions["notes"]
     assert notes[0]["token"] == "[CLS]"
     assert {"token", "score"} <= set(notes[1])
@@ -94,7 +99,9 @@ def test_hand_built_bundle(predictor: Predictor) -> None:
     (out,) = predictor.predict([item])
     assert out.missing_modalities == []
     assert len(out.attributions["observations"]) == 2
-    assert np.array(out.attributions["image"]["heatmap"]).shape == (300, 200)
+    side = predictor.checkpoint.config.image.image_size
+    assert np.array(out.attributions["image"]["heatmap"]).shape == (side, round(side * 2 / 3))
+    assert out.attributions["image"]["image_shape"] == [300, 200]
 
 
 def test_insufficient_data(checkpoint_dir: Path, inputs: list[BundleInput]) -> None:

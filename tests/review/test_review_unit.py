@@ -15,7 +15,7 @@ from cds.fhir.validation import validate
 from cds.review.charts import Mark, Point, series_svg, timeline_svg
 from cds.review.detail import calibration_note
 from cds.review.export import audit_event
-from cds.review.imaging import colour_map, overlay, to_grey
+from cds.review.imaging import colour_map, overlay, resize_bilinear, to_grey
 from cds.review.listing import ListFilters
 from cds.review.notes import highlight_tokens
 from cds.review.oidc import OidcError, pkce_challenge, role_from_claims
@@ -60,6 +60,15 @@ def test_heatmap_overlay_is_coloured_where_hot() -> None:
     assert hot[0] > hot[2]  # red where the heatmap is 1
     assert cold[0] == cold[1] == cold[2]  # untouched grey where it is 0
     assert colour_map(np.array([0.0]))[0][2] > 0.4  # low values are blue
+
+
+def test_heatmap_is_interpolated_not_blocky() -> None:
+    ramp = np.array([[0.0, 1.0]], np.float32)
+    wide = resize_bilinear(ramp, 1, 8)
+    assert wide[0, 0] == 0.0 and wide[0, -1] == 1.0  # edges clamped
+    assert np.all(np.diff(wide[0]) >= 0) and len(np.unique(wide)) > 2  # a ramp, not 2 blocks
+    same = resize_bilinear(np.arange(12, dtype=np.float32).reshape(3, 4), 3, 4)
+    assert np.array_equal(same, np.arange(12).reshape(3, 4))
 
 
 def test_charts_escape_text_and_mark_the_anchor() -> None:

@@ -37,6 +37,19 @@ def test_compiled_bf16_model_agrees_with_eager_fp32(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 @needs_cuda
+def test_compiled_worker_model_serves_any_batch_without_recompiling(tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "model")
+    rates = {"image": 0.3, "notes": 0.3, "labs": 0.2, "vitals": 0.2}
+    inputs = [p.to_bundle_input() for p in generate_cohort(40, seed=4, missing_rates=rates)]
+    compiled = load_predictor(checkpoint, device="cuda", batch_size=16, compile_model=True)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for start, size in ((0, 1), (1, 3), (4, 7), (11, 16), (27, 13)):
+            outputs = compiled.predict(inputs[start : start + size])
+            assert all(np.isfinite(o.probability) for o in outputs)
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_gpu_memory_is_exported() -> None:
     registry = CollectorRegistry()
     register_gpu_metrics(registry)
