@@ -12,6 +12,7 @@ import torch
 from fusion.attribution import explain
 from fusion.batch import bucket_by_length, collate
 from fusion.checkpoint import LoadedCheckpoint, load_checkpoint
+from fusion.features import EncodedBundle
 from fusion.inputs import MODALITIES, BundleInput, PredictionOutput, pattern_key
 from fusion.training import autocast
 
@@ -120,9 +121,41 @@ class Predictor:
             One PredictionOutput per bundle.
         """
         items = list(batch)
-        featurizer = self.checkpoint.featurizer
+        return self.predict_encoded(
+            items, [self.encode(item) for item in items], attributions=attributions
+        )
+
+    def encode(self, item: BundleInput) -> EncodedBundle:
+        """The model's arrays for one bundle (tokens, resized image): CPU work that a
+        pipelined caller does ahead of :meth:`predict_encoded`, off the device's path.
+
+        Raises:
+            Whatever the featurizer raises for an input it cannot encode.
+        """
+        return self.checkpoint.featurizer.encode(item)
+
+    def predict_encoded(
+        self,
+        batch: Sequence[BundleInput],
+        encoded: Sequence[EncodedBundle],
+        *,
+        attributions: bool = True,
+    ) -> list[PredictionOutput]:
+        """:meth:`predict` for bundles already passed through :meth:`encode`.
+
+        Args:
+            batch: The bundles.
+            encoded: ``encode(item)`` of each, in the same order.
+            attributions: As in :meth:`predict`.
+
+        Returns:
+            One PredictionOutput per bundle.
+        """
+        items = list(batch)
+        encoded = list(encoded)
+        if len(encoded) != len(items):
+            raise ValueError(f"{len(items)} bundles but {len(encoded)} encodings")
         calibration = self.checkpoint.calibration
-        encoded = [featurizer.encode(item) for item in items]
         results: list[PredictionOutput | None] = [None] * len(items)
         size = self.checkpoint.config.image.image_size
         for index in bucket_by_length([e.length for e in encoded], self.batch_size):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,6 +64,18 @@ class Scorer(Protocol):
     def predict(self, batch: Sequence[BundleInput]) -> list[PredictionOutput]: ...
 
 
+@runtime_checkable
+class EncodingScorer(Scorer, Protocol):
+    """A scorer whose CPU featurization can run ahead, in the prepare step
+    (``fusion.predictor.Predictor`` is one): the predict step then only runs the model."""
+
+    def encode(self, item: BundleInput) -> Any: ...
+
+    def predict_encoded(
+        self, batch: Sequence[BundleInput], encoded: Sequence[Any]
+    ) -> list[PredictionOutput]: ...
+
+
 class Outcome(enum.StrEnum):
     SCORED = "scored"
     INSUFFICIENT = "insufficient-data"
@@ -80,6 +92,7 @@ class _Claimed:
     patient_id: uuid.UUID
     task_id: str
     built: BuiltInput
+    encoded: Any = None
 
 
 @dataclass(frozen=True)
@@ -144,12 +157,14 @@ def prepare_jobs(
     job_ids: Sequence[uuid.UUID],
     pool: Executor | None = None,
 ) -> ScoringBatch:
-    """Step 1: claim the jobs and read their bundles, then decode the images.
+    """Step 1: claim the jobs and read their bundles, then decode and featurize them.
 
     One short transaction of a fixed number of statements whatever the batch size (claim,
     bundles, members, study images); the pixels are decoded after it commits, on
-    ``pool`` when given. Superseded and insufficient bundles are settled here without
-    the model (their rows are written by :func:`write_jobs`).
+    ``pool`` when given, and an :class:`EncodingScorer`'s featurization (tokens, resized
+    image) runs here too, so that the predict step only runs the model. Superseded and
+    insufficient bundles are settled here without the model (their rows are written by
+    :func:`write_jobs`).
     """
     ids = list(dict.fromkeys(job_ids))
     batch = ScoringBatch()
@@ -183,7 +198,29 @@ def prepare_jobs(
             batch.to_score.append(claimed)
         else:
             batch.to_write.append((job_id, claimed, Outcome.INSUFFICIENT))
+    if isinstance(scorer, EncodingScorer):
+        _encode(scorer, batch, pool)
     return batch
+
+
+def _encode(scorer: EncodingScorer, batch: ScoringBatch, pool: Executor | None) -> None:
+    """Featurize the claimed jobs (on ``pool`` when given); one that fails fails alone."""
+
+    def attempt(item: _Claimed) -> Any:
+        try:
+            return scorer.encode(item.built.input)
+        except Exception as exc:  # noqa: BLE001 - recorded on the job, retried
+            return exc
+
+    items, batch.to_score = batch.to_score, []
+    results = list(pool.map(attempt, items) if pool is not None else map(attempt, items))
+    for item, result in zip(items, results, strict=True):
+        if isinstance(result, Exception):
+            logger.warning("bundle %s cannot be encoded: %s", item.bundle_id, type(result).__name__)
+            batch.failures[item.job_id] = result
+        else:
+            item.encoded = result
+            batch.to_score.append(item)
 
 
 def _classify(
@@ -304,7 +341,10 @@ def _predict_isolating(scorer: Scorer, items: list[_Claimed]) -> list[Prediction
     if not items:
         return []
     try:
-        return list(scorer.predict([i.built.input for i in items]))
+        inputs = [i.built.input for i in items]
+        if isinstance(scorer, EncodingScorer) and all(i.encoded is not None for i in items):
+            return list(scorer.predict_encoded(inputs, [i.encoded for i in items]))
+        return list(scorer.predict(inputs))
     except Exception as exc:  # noqa: BLE001 - split the batch to find the poison bundle
         if len(items) == 1:
             logger.warning("bundle %s failed to score: %s", items[0].bundle_id, type(exc).__name__)

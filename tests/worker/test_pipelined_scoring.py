@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,9 @@ from cds.core.db.models import (
     ScoringJob,
 )
 from cds.core.db.types import utcnow
+from fusion.features import EncodedBundle
 from fusion.inputs import BundleInput, PredictionOutput
+from fusion.predictor import Predictor
 from tests.worker.conftest import World
 from worker.embedded import WorkerMetrics, scoring_batcher
 from worker.model import load_predictor
@@ -259,3 +262,39 @@ def test_write_reads_the_bundles_it_was_not_given(world: World) -> None:
     with world.ctx.session_factory() as session:
         first = session.get(Prediction, row["id"])
     assert first is not None and first.status is PredictionStatus.SUPERSEDED
+
+
+class CountingPredictor(Predictor):
+    """The real predictor, counting where featurization runs; one bundle cannot be encoded."""
+
+    def __init__(self, path: Path, unencodable: str) -> None:
+        super().__init__(path)
+        self.unencodable = unencodable
+        self.encoded_on: list[str] = []
+
+    def encode(self, item: BundleInput) -> EncodedBundle:
+        self.encoded_on.append(threading.current_thread().name)
+        if item.bundle_id == self.unencodable:
+            raise ValueError("cannot featurize this bundle")
+        return super().encode(item)
+
+
+def test_featurization_runs_in_the_prepare_step_and_fails_alone(world: World) -> None:
+    (bad,) = world.bundles_of("full-b")
+    scorer = CountingPredictor(world.ctx.settings.model_path, str(bad.id))
+    batch = prepare_jobs(wctx=world.wctx, scorer=scorer, job_ids=list(world.jobs.values()))
+    assert scorer.encoded_on  # encoded while preparing
+    assert all(claimed.encoded is not None for claimed in batch.to_score)
+    assert set(batch.failures) == {world.jobs[bad.id]}
+    assert isinstance(batch.failures[world.jobs[bad.id]], ValueError)
+    encoded_before = len(scorer.encoded_on)
+    batch = predict_jobs(scorer=scorer, batch=batch)
+    assert len(scorer.encoded_on) == encoded_before  # the predict step only runs the model
+    outcomes = write_jobs(wctx=world.wctx, batch=batch)
+    assert outcomes[world.jobs[bad.id]] is Outcome.FAILED
+    scored = [job for job, outcome in outcomes.items() if outcome is Outcome.SCORED]
+    assert scored and all(
+        predictions_per_bundle(world)[b.id] == 1
+        for b in world.bundles()
+        if world.jobs[b.id] in scored
+    )
