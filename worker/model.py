@@ -26,7 +26,9 @@ def pick_device(requested: str) -> tuple[str, str]:
     return requested, dtype
 
 
-def compile_encoders(predictor: Predictor, *, backend: str = "inductor") -> ShapeBuckets:
+def compile_encoders(
+    predictor: Predictor, *, backend: str = "inductor", cuda_graphs: bool = False
+) -> ShapeBuckets:
     """``torch.compile`` the image and note encoders, where the model's FLOPs are.
 
     The fusion layers index by which modalities are present, so they stay eager. The
@@ -38,6 +40,8 @@ def compile_encoders(predictor: Predictor, *, backend: str = "inductor") -> Shap
     Args:
         predictor: The loaded predictor (its model is changed in place).
         backend: ``torch.compile`` backend; ``eager`` (tests) only traces.
+        cuda_graphs: compile mode ``reduce-overhead``: each bucket's kernels replayed as one
+            CUDA graph (CUDA only; what launch overhead costs small batches).
 
     Returns:
         The shape buckets set on the model.
@@ -50,8 +54,13 @@ def compile_encoders(predictor: Predictor, *, backend: str = "inductor") -> Shap
     model.shape_buckets = buckets
     limit = torch._dynamo.config.recompile_limit
     torch._dynamo.config.recompile_limit = max(limit, buckets.shapes + 8)
-    model.image.backbone = torch.compile(model.image.backbone, dynamic=False, backend=backend)
-    model.notes.encoder = torch.compile(model.notes.encoder, dynamic=False, backend=backend)
+    mode = "reduce-overhead" if cuda_graphs else None
+    model.image.backbone = torch.compile(
+        model.image.backbone, dynamic=False, backend=backend, mode=mode
+    )
+    model.notes.encoder = torch.compile(
+        model.notes.encoder, dynamic=False, backend=backend, mode=mode
+    )
     return buckets
 
 
@@ -71,6 +80,7 @@ def load_predictor(
     expected_sha256: str | None = None,
     batch_size: int = 32,
     compile_model: bool | None = None,
+    cuda_graphs: bool = False,
     warm_up_batches: tuple[int, ...] = (1,),
 ) -> Predictor:
     """Load and hash-verify ``checkpoint``, optionally compile it, then warm it up.
@@ -81,6 +91,7 @@ def load_predictor(
         expected_sha256: refuse a checkpoint with another hash.
         batch_size: the largest batch per forward pass.
         compile_model: compile the encoders; default: on CUDA only.
+        cuda_graphs: compiled with CUDA graphs (on CUDA only; ignored on CPU).
         warm_up_batches: after the shape buckets (when compiled), batch sizes to run once
             before serving, as the worker runs them
             (every modality present, attributions on), so kernels are chosen, memory is
@@ -94,7 +105,7 @@ def load_predictor(
         checkpoint, device=dev, dtype=dtype, expected_sha256=expected_sha256, batch_size=batch_size
     )
     if compile_model if compile_model is not None else dev.startswith("cuda"):
-        buckets = compile_encoders(predictor)
+        buckets = compile_encoders(predictor, cuda_graphs=cuda_graphs and dev.startswith("cuda"))
         started = time.perf_counter()
         calls = predictor.warm_up_buckets(attributions=True)
         logger.info(

@@ -39,6 +39,7 @@ def build_worker(settings: Settings, *, metrics_port: int | None) -> tuple[Celer
         device=settings.worker_device,
         expected_sha256=settings.model_sha256,
         batch_size=settings.worker_batch_size,
+        cuda_graphs=settings.worker_cuda_graphs,
         warm_up_batches=(1, settings.worker_batch_size),
     )
     metrics = WorkerMetrics(ctx)

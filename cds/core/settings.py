@@ -157,6 +157,7 @@ class Settings(BaseSettings):
     worker_device: str = "auto"
     worker_batch_size: int = Field(default=32, ge=1, le=4096)
     worker_max_wait_ms: float = Field(default=5.0, ge=0)
+    worker_cuda_graphs: bool = False
     job_max_attempts: int = Field(default=5, ge=1)
     job_lease_s: float = Field(default=120.0, gt=0)
     job_retry_base_s: float = Field(default=2.0, gt=0)

@@ -50,6 +50,27 @@ def test_compiled_worker_model_serves_any_batch_without_recompiling(tmp_path: Pa
 
 @pytest.mark.gpu
 @needs_cuda
+def test_cuda_graphs_agree_with_eager_fp32(tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "model")
+    rates = {"image": 0.3, "notes": 0.3, "labs": 0.2, "vitals": 0.2}
+    inputs = [p.to_bundle_input() for p in generate_cohort(24, seed=5, missing_rates=rates)]
+    eager = load_predictor(checkpoint, device="cpu", compile_model=False)
+    graphed = load_predictor(
+        checkpoint, device="cuda", batch_size=16, compile_model=True, cuda_graphs=True
+    )
+    for start, size in ((0, 1), (1, 5), (6, 16), (22, 2)):
+        chunk = inputs[start : start + size]
+        reference = np.array([o.probability for o in eager.predict(chunk)])
+        outputs = graphed.predict(chunk)
+        fast = np.array([o.probability for o in outputs])
+        assert np.max(np.abs(fast - reference)) < PROBABILITY_TOLERANCE
+        assert all(
+            o.attributions["image"] is None or o.attributions["image"]["heatmap"] for o in outputs
+        )
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_gpu_memory_is_exported() -> None:
     registry = CollectorRegistry()
     register_gpu_metrics(registry)

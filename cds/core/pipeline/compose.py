@@ -66,6 +66,7 @@ def pipeline_components(ctx: EngineContext) -> list[Component]:
                 device=settings.worker_device,
                 expected_sha256=settings.model_sha256,
                 batch_size=settings.worker_batch_size,
+                cuda_graphs=settings.worker_cuda_graphs,
             )
 
         worker = EmbeddedWorker(
