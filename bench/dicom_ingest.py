@@ -40,6 +40,19 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 CLI = str(Path(sys.executable).with_name("cdsfusion"))
 
 
+def peer_tool(tool: str) -> str:
+    """The DCMTK (or Orthanc) executable, not pynetdicom's app of the same name that the
+    venv's bin/ puts first on PATH once activated."""
+    venv_bin = str(Path(sys.prefix) / "bin")
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if p.rstrip("/") != venv_bin
+    )
+    found = shutil.which(tool, path=path)
+    if found is None:
+        sys.exit(f"{tool} not found: apt-get install -y dcmtk orthanc")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -74,7 +87,16 @@ def send(port: int, aet: str, paths: list[Path], associations: int) -> float:
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["storescu", "-aet", "BENCH", "-aec", aet, "127.0.0.1", str(port), *map(str, chunk)],
+            [
+                peer_tool("storescu"),
+                "-aet",
+                "BENCH",
+                "-aec",
+                aet,
+                "127.0.0.1",
+                str(port),
+                *map(str, chunk),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -146,7 +168,7 @@ def storescp(work: Path) -> Iterator[tuple[int, str]]:
     out = work / "storescp"
     out.mkdir()
     proc = subprocess.Popen(
-        ["storescp", "--fork", "-od", str(out), str(port)],
+        [peer_tool("storescp"), "--fork", "-od", str(out), str(port)],
         env=dict(os.environ, TCP_NODELAY="1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -196,8 +218,7 @@ def main() -> None:
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
     for tool in ("storescu", "storescp", "Orthanc"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found: apt-get install -y dcmtk orthanc")
+        peer_tool(tool)  # exits when missing
     targets = ("cdsfusion", "storescp", "orthanc")
     results: dict[tuple[str, str, int], float] = {}
     with tempfile.TemporaryDirectory(prefix="dicom-bench-") as tmp:

@@ -2,10 +2,13 @@
 
 The data path, one module per step::
 
-    scp.py        association, presentation contexts, C-ECHO / C-STORE / N-ACTION handlers
+    ul/           the DICOM Upper Layer (PS3.8) and DIMSE command sets (PS3.7) as acceptor,
+                  on one asyncio loop: PDUs, negotiation, reassembly, TLS, limits
+    scp.py        presentation contexts, C-ECHO / C-STORE / N-ACTION handlers
     security.py   calling AE title and source address allow-lists, TLS
     receive.py    one C-STORE: header -> durable file -> index -> commit -> status
     header.py     the attributes the timeline needs, read without decoding pixel data
+                  (a struct scan for the usual data set, pydicom for the rest)
     store.py      content-addressed, fsync'd file store under CDSFUSION_DATA_DIR/dicom
     writer.py     group commit: one writer thread indexes what all associations received
     batch.py      a writer batch indexed set-based (multi-row statements), as if one by one

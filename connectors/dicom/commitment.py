@@ -77,26 +77,48 @@ def parse_peers(entries: Sequence[str]) -> dict[str, tuple[str, int]]:
     return peers
 
 
-def parse_request(event: Event) -> CommitmentRequest | int:
-    """The request of an N-ACTION event, or the failure status to answer it with."""
-    request: Any = event.request
-    if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
+def parse_action(
+    *, action_type_id: int | None, information: Dataset | None, calling_ae: str
+) -> CommitmentRequest | int:
+    """An N-ACTION's request (PS3.4 J.3.2), or the failure status to answer it with.
+
+    Args:
+        action_type_id: the request's Action Type ID (1 asks for storage commitment).
+        information: the decoded Action Information; ``None`` when absent or undecodable.
+        calling_ae: the requestor's AE title (where the report goes).
+    """
+    if action_type_id != REQUEST_STORAGE_COMMITMENT:
         return NO_SUCH_ACTION_TYPE
+    if information is None:
+        return INVALID_ARGUMENT_VALUE
     try:
-        info: Dataset = event.action_information
-        transaction_uid = str(info.TransactionUID)
+        transaction_uid = str(information.TransactionUID)
         references = tuple(
             (str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID))
-            for item in info.ReferencedSOPSequence
+            for item in information.ReferencedSOPSequence
         )
     except (AttributeError, ValueError, TypeError, KeyError):
         return INVALID_ARGUMENT_VALUE
     if not transaction_uid or not references:
         return INVALID_ARGUMENT_VALUE
     return CommitmentRequest(
-        calling_ae=str(event.assoc.requestor.ae_title).strip(),
-        transaction_uid=transaction_uid,
-        references=references,
+        calling_ae=calling_ae.strip(), transaction_uid=transaction_uid, references=references
+    )
+
+
+def parse_request(event: Event) -> CommitmentRequest | int:
+    """:func:`parse_action` for a pynetdicom N-ACTION event."""
+    request: Any = event.request
+    if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
+        return NO_SUCH_ACTION_TYPE
+    try:
+        info: Dataset | None = event.action_information
+    except (AttributeError, ValueError, TypeError, KeyError):
+        info = None
+    return parse_action(
+        action_type_id=request.ActionTypeID,
+        information=info,
+        calling_ae=str(event.assoc.requestor.ae_title),
     )
 
 

@@ -1,13 +1,15 @@
 """The DICOM connector as an engine component: SCP, stable-study detector, commitment.
 
 ``cdsfusion serve`` starts :class:`DicomListener` when ``CDSFUSION_DICOM_PORT`` is not 0.
-It binds the SCP, then runs three threads: the association server, the stable-study
+It binds the SCP, then runs three threads: the association server (one asyncio loop for
+every association, :mod:`.ul`; blocking C-STORE work in its thread pool), the stable-study
 detector (:mod:`.stable`, one pass at start-up completes what became due while the engine
 was down) and the storage commitment reporter (:mod:`.commitment`). With
 ``CDSFUSION_DICOM_RECEIVER_PROCESSES`` > 1 it also starts that many minus one receiver
 processes (:mod:`.receivers`) that accept associations on the same port (``SO_REUSEPORT``).
 
-Readiness check ``dicom``: the server thread is serving and the store directory is writable.
+Readiness check ``dicom``: the server's loop thread is serving and the store directory is
+writable.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from connectors.dicom.metrics import DicomMetrics
 from connectors.dicom.receive import InstanceReceiver
 from connectors.dicom.receivers import ReceiverProcesses
 from connectors.dicom.routing import RoutingRules
-from connectors.dicom.scp import DicomServer, StorageSCP
+from connectors.dicom.scp import StorageSCP
 from connectors.dicom.security import AccessPolicy, server_tls_context
 from connectors.dicom.stable import complete_due_studies, next_due_at
 from connectors.dicom.store import ContentStore
+from connectors.dicom.ul import UpperLayerServer
 from connectors.dicom.writer import IndexWriter
 
 logger = logging.getLogger(__name__)
@@ -100,7 +103,7 @@ class DicomListener:
             metrics=self.metrics,
         )
         self.primary = primary
-        self.server: DicomServer | None = None
+        self.server: UpperLayerServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._receivers: ReceiverProcesses | None = None
@@ -113,7 +116,11 @@ class DicomListener:
         return int(self.server.server_address[1])
 
     def start(self) -> None:
-        """Bind the port, start serving and detecting; returns once listening."""
+        """Bind the port, start serving and detecting; returns once listening.
+
+        Raises:
+            OSError: the port cannot be bound.
+        """
         settings = self.ctx.settings
         self.store.prepare()
         extra = settings.dicom_receiver_processes - 1 if self.primary else 0
@@ -125,7 +132,13 @@ class DicomListener:
         self._stopping.clear()
         self.writer.start()
         self.reporter.start()
-        self._spawn("dicom-scp", self.server.serve_forever)
+        try:
+            self.server.start()
+        except OSError:
+            self.server = None
+            self.reporter.stop()
+            self.writer.stop()
+            raise
         if self.primary:
             self._spawn("dicom-stable-study", self._detect)
         if extra > 0:
@@ -139,7 +152,8 @@ class DicomListener:
         )
 
     def stop(self) -> None:
-        """Stop accepting, abort open associations, stop the threads; idempotent."""
+        """Stop accepting, let in-flight messages answer, abort the associations, stop the
+        threads; idempotent."""
         self._stopping.set()
         receivers = self._receivers
         self._receivers = None
@@ -147,9 +161,7 @@ class DicomListener:
             receivers.stop()
         server, self.server = self.server, None
         if server is not None:
-            server.shutdown()
-            for assoc in server.active_associations:
-                assoc.abort()
+            server.stop(timeout=self.ctx.settings.shutdown_timeout_s)
         self.reporter.stop()
         self.writer.stop()
         for thread in self._threads:
@@ -158,8 +170,7 @@ class DicomListener:
 
     def ready(self) -> tuple[bool, str]:
         """Readiness: serving, and the store accepts writes."""
-        serving = any(t.name == "dicom-scp" and t.is_alive() for t in self._threads)
-        if not serving:
+        if self.server is None or not self.server.serving:
             return False, "DICOM SCP not serving"
         if not os.access(self.store.root, os.W_OK):
             return False, "DICOM store not writable"

@@ -1,11 +1,12 @@
 """Extra receiver processes that share the SCP's port (``SO_REUSEPORT``).
 
-pynetdicom runs each association in a Python thread, so one process is bound by one core
-(the GIL). With ``CDSFUSION_DICOM_RECEIVER_PROCESSES`` = N, the listener starts N - 1
-child processes that bind the same port; the kernel spreads incoming connections across
-the N listening sockets. Every process stores and indexes on its own, against the same
-store directory and database, so the durability promise is unchanged. The primary
-process alone runs the stable-study detector; a child's metrics stay in the child.
+One process does its Python work (PDU framing, header reads, indexing) under one GIL, so
+it is bound by one core. With ``CDSFUSION_DICOM_RECEIVER_PROCESSES`` = N, the listener
+starts N - 1 child processes that bind the same port; the kernel spreads incoming
+connections across the N listening sockets. Every process stores and indexes on its own,
+against the same store directory and database, so the durability promise is unchanged.
+The primary process alone runs the stable-study detector; a child's metrics stay in the
+child.
 
 Children are started with ``spawn`` (no inherited threads or connections), stop on SIGTERM
 and exit on their own when the parent process goes away.

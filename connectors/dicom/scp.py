@@ -1,4 +1,4 @@
-"""The Storage SCP: application entity, presentation contexts, association handlers.
+"""The Storage SCP: what it accepts and how each request is answered.
 
 * Verification (C-ECHO, PS3.4 Annex A) and every Storage SOP Class (PS3.4 Annex B) that
   pynetdicom knows, each with every transfer syntax pydicom knows (PS3.5 §10 and Annex A:
@@ -9,11 +9,12 @@
   instance it holds compressed.
 * Storage Commitment Push Model (PS3.4 Annex J) as SCP, see :mod:`.commitment`.
 * C-STORE handling is :class:`~connectors.dicom.receive.InstanceReceiver`; the handler
-  answers a status and never raises (pynetdicom would answer ``C211``).
+  answers a status and never raises (an unexpected error answers ``A7FF``).
 
-Connections: TCP_NODELAY on every accepted socket (a DIMSE response is small and must not
-wait for Nagle), an optional source address allow-list checked before anything is read,
-optional TLS, a cap on simultaneous associations (A-ASSOCIATE-RJ "local limit exceeded",
+The network side is :mod:`.ul`, a lean asyncio DICOM Upper Layer: TCP_NODELAY on every
+accepted socket (a DIMSE response is small and must not wait for Nagle), an optional
+source address allow-list checked before anything is read, optional TLS, the called AE
+title check, a cap on simultaneous associations (A-ASSOCIATE-RJ "local limit exceeded",
 PS3.8 §9.3.4) and the largest PDU this SCP accepts (PS3.8 §D.1, Maximum Length).
 ``SO_REUSEPORT`` lets several receiver processes listen on one port.
 """
@@ -21,11 +22,12 @@ PS3.8 §9.3.4) and the largest PDU this SCP accepts (PS3.8 §D.1, Maximum Length
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
-from typing import Any
+import zlib
+from io import BytesIO
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     UID,
     AllTransferSyntaxes,
@@ -34,21 +36,25 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.events import Event
+from pynetdicom import AllStoragePresentationContexts, _config
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.transport import ThreadedAssociationServer
 
 from cds.core.settings import Settings
 from connectors.dicom import status
 from connectors.dicom.commitment import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     CommitmentReporter,
-    parse_request,
+    parse_action,
 )
 from connectors.dicom.metrics import DicomMetrics
-from connectors.dicom.receive import InstanceReceiver
+from connectors.dicom.receive import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    InstanceReceiver,
+)
 from connectors.dicom.security import AccessPolicy
+from connectors.dicom.ul import AcceptorConfig, UpperLayerServer
+from connectors.dicom.ul.dimse import SOP_CLASS_NOT_SUPPORTED
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ TRANSFER_SYNTAX_PREFERENCE: list[UID] = [
 ]
 #: Verification SOP Class (PS3.4 A.4).
 VERIFICATION = "1.2.840.10008.1.1"
-#: How long a TLS handshake may hold the accept loop, in seconds.
+#: How long a TLS handshake may take, in seconds.
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 
@@ -78,63 +84,27 @@ def presentation_contexts() -> list[PresentationContext]:
     return [build_context(uid, syntaxes) for uid in classes]
 
 
-class DicomServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with an address check, TCP_NODELAY and SO_REUSEPORT.
+def storage_sop_classes() -> frozenset[str]:
+    """The Storage SOP Classes accepted (PS3.4 Annex B), as UIDs."""
+    return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 
-    Extra keyword arguments (given through ``AE.make_server``):
-        policy: the access policy (source addresses are checked here).
-        metrics: connector metrics.
-        reuse_port: bind with ``SO_REUSEPORT`` so sibling processes share the port.
+
+def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    """A data set received in ``transfer_syntax`` (deflated ones inflated first, PS3.5 A.5).
+
+    Decoding is lazy: a malformed element raises when it is read.
     """
-
-    daemon_threads = True
-
-    def __init__(
-        self,
-        *args: Any,
-        policy: AccessPolicy,
-        metrics: DicomMetrics,
-        reuse_port: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        self.policy = policy
-        self.metrics = metrics
-        self.reuse_port = reuse_port
-        super().__init__(*args, **kwargs)
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            assert self.socket is not None
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        if not self.policy.admits_address(str(address[0])):
-            self.metrics.associations.labels(result="refused_address").inc()
-            logger.warning("DICOM connection refused: source address not in the allow-list")
-            client.close()
-            raise ConnectionRefusedError("source address not admitted")
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context is not None:
-            client.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
-            try:
-                client = self.ssl_context.wrap_socket(client, server_side=True)
-            except (ssl.SSLError, OSError):
-                self.metrics.associations.labels(result="tls_failed").inc()
-                logger.warning("DICOM TLS handshake failed")
-                client.close()
-                raise
-            client.settimeout(None)
-        return client, address
+    syntax = UID(transfer_syntax)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        data = zlib.decompress(data, -zlib.MAX_WBITS)
+    return read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
 
 
 class StorageSCP:
-    """The AE and its handlers, for one process.
+    """The application behind the Upper Layer, for one process (a :class:`.ul.ServiceUser`).
 
     Args:
-        settings: engine settings (AE title, limits, timeouts).
+        settings: engine settings (AE title, limits).
         receiver: stores and indexes each C-STORE.
         reporter: storage commitment reports; ``None`` refuses N-ACTION requests.
         policy: calling AE title and address allow-lists.
@@ -155,18 +125,20 @@ class StorageSCP:
         self.reporter = reporter
         self.policy = policy
         self.metrics = metrics
-        _config.LOG_HANDLER_LEVEL = "none"  # no per-PDU debug logging: speed, and no PHI
-        ae = AE(ae_title=settings.dicom_ae_title)
-        ae.maximum_associations = settings.dicom_max_associations
-        ae.maximum_pdu_size = settings.dicom_max_pdu_size
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 60
-        ae.network_timeout = 300
-        if policy.ae_titles is not None:
-            ae.require_calling_aet = sorted(policy.ae_titles)
-        for context in presentation_contexts():
-            ae.add_supported_context(str(context.abstract_syntax), context.transfer_syntax)
-        self.ae = ae
+        _config.LOG_HANDLER_LEVEL = "none"  # commitment reports: no per-PDU logs, no PHI
+        self.storage_classes = storage_sop_classes()
+        self.config = AcceptorConfig(
+            ae_title=settings.dicom_ae_title,
+            max_pdu_size=settings.dicom_max_pdu_size,
+            max_associations=settings.dicom_max_associations,
+            abstract_syntaxes=self.storage_classes | {VERIFICATION, STORAGE_COMMITMENT_PUSH_MODEL},
+            transfer_syntax_preference=tuple(str(ts) for ts in TRANSFER_SYNTAX_PREFERENCE),
+            implementation_class_uid=str(IMPLEMENTATION_CLASS_UID),
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            acse_timeout_s=30.0,
+            network_timeout_s=300.0,
+            tls_handshake_timeout_s=TLS_HANDSHAKE_TIMEOUT_S,
+        )
 
     def make_server(
         self,
@@ -174,68 +146,81 @@ class StorageSCP:
         *,
         ssl_context: ssl.SSLContext | None,
         reuse_port: bool,
-    ) -> DicomServer:
-        """Bind and listen (not yet serving): call ``serve_forever`` in a thread."""
-        server = self.ae.make_server(
-            address,
+    ) -> UpperLayerServer:
+        """The server for ``address`` (not yet listening: call ``start``)."""
+        host, port = address
+        return UpperLayerServer(
+            self.config,
+            self,
+            host=host,
+            port=port,
             ssl_context=ssl_context,
-            evt_handlers=[
-                (evt.EVT_C_STORE, self.on_c_store),
-                (evt.EVT_N_ACTION, self.on_n_action),
-                (evt.EVT_ACCEPTED, self._on_accepted),
-                (evt.EVT_REJECTED, self._on_rejected),
-            ],
-            server_class=DicomServer,
-            policy=self.policy,
-            metrics=self.metrics,
             reuse_port=reuse_port,
         )
-        self.ae._servers.append(server)
-        assert isinstance(server, DicomServer)
-        return server
 
-    def on_c_store(self, event: Event) -> Dataset | int:
-        """EVT_C_STORE: store, index, commit, then answer (PS3.4 B.2.3)."""
+    def admits_address(self, address: str) -> bool:
+        return self.policy.admits_address(address)
+
+    def admits_calling_ae(self, ae_title: str) -> bool:
+        return self.policy.admits_ae_title(ae_title)
+
+    def on_association(self, result: str) -> None:
+        self.metrics.associations.labels(result=result).inc()
+
+    def on_c_store(
+        self,
+        *,
+        dataset: bytes,
+        abstract_syntax: str,
+        transfer_syntax: str,
+        sop_class: str,
+        sop_instance: str,
+        calling_ae: str,
+        address: str,
+    ) -> tuple[int, str | None]:
+        """C-STORE: store, index, commit, then answer (PS3.4 B.2.3)."""
+        if abstract_syntax not in self.storage_classes:
+            return SOP_CLASS_NOT_SUPPORTED, "not a storage presentation context"
         try:
-            request: Any = event.request
-            requestor = event.assoc.requestor
             result = self.receiver.receive(
-                dataset=request.DataSet.getvalue(),
-                transfer_syntax=str(event.context.transfer_syntax),
-                sop_class=str(request.AffectedSOPClassUID),
-                sop_instance=str(request.AffectedSOPInstanceUID),
-                sender=f"{str(requestor.ae_title).strip()}@{requestor.address}",
+                dataset=dataset,
+                transfer_syntax=transfer_syntax,
+                sop_class=sop_class,
+                sop_instance=sop_instance,
+                sender=f"{calling_ae}@{address}",
             )
-        except Exception as exc:  # never raise into pynetdicom (it would answer 0xC211)
+        except Exception as exc:  # never raise into the Upper Layer
             logger.exception("C-STORE handler failed (%s)", type(exc).__name__)
-            return status.OUT_OF_RESOURCES_INTERNAL
-        if result.comment is None:
-            return result.status
-        answer = Dataset()
-        answer.Status = result.status
-        answer.ErrorComment = result.comment
-        return answer
+            return status.OUT_OF_RESOURCES_INTERNAL, None
+        return result.status, result.comment
 
-    def on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
-        """EVT_N_ACTION: a storage commitment request (PS3.4 J.3.2), queued for a report."""
+    def on_n_action(
+        self,
+        *,
+        abstract_syntax: str,
+        action_type_id: int | None,
+        information: bytes | None,
+        transfer_syntax: str,
+        calling_ae: str,
+    ) -> int:
+        """N-ACTION: a storage commitment request (PS3.4 J.3.2), queued for a report."""
+        if abstract_syntax != STORAGE_COMMITMENT_PUSH_MODEL:
+            return SOP_CLASS_NOT_SUPPORTED
         try:
-            parsed = parse_request(event)
+            info = None if information is None else decode_dataset(information, transfer_syntax)
+            parsed = parse_action(
+                action_type_id=action_type_id, information=info, calling_ae=calling_ae
+            )
             if isinstance(parsed, int):
-                return parsed, None
+                return parsed
             if self.reporter is None or not self.reporter.knows(parsed.calling_ae):
                 logger.warning(
                     "storage commitment refused: no report address for the calling AE "
                     "(set CDSFUSION_DICOM_COMMITMENT_PEERS)"
                 )
-                return status.COMMITMENT_PROCESSING_FAILURE, None
+                return status.COMMITMENT_PROCESSING_FAILURE
             self.reporter.submit(parsed)
-            return status.SUCCESS, None
-        except Exception as exc:  # never raise into pynetdicom
+            return status.SUCCESS
+        except Exception as exc:  # never raise into the Upper Layer
             logger.exception("N-ACTION handler failed (%s)", type(exc).__name__)
-            return status.COMMITMENT_PROCESSING_FAILURE, None
-
-    def _on_accepted(self, _event: Event) -> None:
-        self.metrics.associations.labels(result="accepted").inc()
-
-    def _on_rejected(self, _event: Event) -> None:
-        self.metrics.associations.labels(result="rejected").inc()
+            return status.COMMITMENT_PROCESSING_FAILURE
