@@ -66,7 +66,7 @@ from connectors.dicom.index import (
     replace_instance,
     replace_source_item,
 )
-from connectors.dicom.store import StoredFile
+from connectors.dicom.store import StoredFile, make_durable
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,14 @@ class BatchIndexer:
             policy=self.policy,
             issuer_map=self.issuer_map,
         )
+
+    def sync(self, requests: Sequence[IndexRequest]) -> None:
+        """Flush the batch's files in one group before the writer commits their rows.
+
+        Raises:
+            SyncError: a flush failed; the writer fails the whole batch (status A700).
+        """
+        make_durable(r.stored.pending for r in requests if r.stored.pending is not None)
 
 
 def index_batch(

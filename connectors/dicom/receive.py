@@ -3,11 +3,13 @@
 The order is the promise (PS3.4 B.2.3 statuses, names in :mod:`.status`):
 
 1. read the header without pixel data (:mod:`.header`); what cannot be read is ``Cxxx``;
-2. write File Meta + data set to the content-addressed store with fsync (:mod:`.store`);
-   a failure is ``A700`` out of resources;
-3. index it (:mod:`.index`) and commit, batched with the instances other associations
-   received meanwhile (:mod:`.writer`, :mod:`.batch`); a database failure is ``A701``,
-   and the file written in step 2 is an orphan that counts as nothing;
+2. write File Meta + data set to the content-addressed store (:mod:`.store`); a failure
+   is ``A700`` out of resources;
+3. flush the files of a group of instances (this one and those other associations received
+   meanwhile) to stable storage, then index them (:mod:`.index`) and commit, in one batch
+   (:mod:`.writer`, :mod:`.batch`); a failed flush is ``A700`` for the whole group, a
+   database failure ``A701``, and the file written in step 2 is an orphan that counts as
+   nothing;
 4. only then success ``0000`` (or ``B000`` when keep-newest replaced other bytes).
 
 :meth:`InstanceReceiver.receive` never raises: an unexpected error is ``A7FF``.
@@ -16,6 +18,7 @@ The order is the promise (PS3.4 B.2.3 statuses, names in :mod:`.status`):
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from dataclasses import dataclass
 
@@ -32,7 +35,7 @@ from connectors.dicom.batch import IndexRequest
 from connectors.dicom.header import InstanceHeader, MissingUIDError, read_header
 from connectors.dicom.index import IndexOutcome
 from connectors.dicom.metrics import DicomMetrics
-from connectors.dicom.store import ContentStore, StoredFile
+from connectors.dicom.store import ContentStore, StoredFile, SyncError
 from connectors.dicom.writer import IndexWriter
 
 logger = logging.getLogger(__name__)
@@ -59,7 +62,37 @@ class StoreResult:
 
 
 def file_meta_bytes(*, sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 §7.1)."""
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 §7.1).
+
+    Byte-identical to what pydicom's ``write_file_meta_info`` writes (explicit VR little
+    endian, UIDs padded with NUL to even length); only the three UIDs vary, the rest is
+    built once.
+    """
+    uids = (sop_class, sop_instance, transfer_syntax)
+    if not all(uid.isascii() for uid in uids):
+        return _file_meta_bytes_pydicom(
+            sop_class=sop_class, sop_instance=sop_instance, transfer_syntax=transfer_syntax
+        )
+    body = b"".join(
+        (
+            _VERSION_ELEMENT,
+            _ui_element(0x0002, sop_class),
+            _ui_element(0x0003, sop_instance),
+            _ui_element(0x0010, transfer_syntax),
+            _IMPLEMENTATION_ELEMENTS,
+        )
+    )
+    return b"".join((_PREAMBLE, _GROUP_LENGTH_TAG, _UL.pack(len(body)), body))
+
+
+def _ui_element(element: int, value: str) -> bytes:
+    raw = value.encode("ascii")
+    if len(raw) % 2:
+        raw += b"\x00"
+    return _SHORT_HEADER.pack(0x0002, element, b"UI", len(raw)) + raw
+
+
+def _file_meta_bytes_pydicom(*, sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_instance)
@@ -67,9 +100,20 @@ def file_meta_bytes(*, sop_class: str, sop_instance: str, transfer_syntax: str) 
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     buffer = DicomBytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
+    buffer.write(_PREAMBLE)
     write_file_meta_info(buffer, meta, enforce_standard=True)
     return buffer.getvalue()
+
+
+_UL = struct.Struct("<I")
+_SHORT_HEADER = struct.Struct("<HH2sH")
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+_GROUP_LENGTH_TAG = _SHORT_HEADER.pack(0x0002, 0x0000, b"UL", 4)
+_VERSION_ELEMENT = struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
+_NAME = IMPLEMENTATION_VERSION_NAME.encode("ascii") + b" " * (len(IMPLEMENTATION_VERSION_NAME) % 2)
+_IMPLEMENTATION_ELEMENTS = _ui_element(0x0012, IMPLEMENTATION_CLASS_UID) + (
+    _SHORT_HEADER.pack(0x0002, 0x0013, b"SH", len(_NAME)) + _NAME
+)
 
 
 class InstanceReceiver:
@@ -176,6 +220,9 @@ class InstanceReceiver:
             return StoreResult(
                 status.DUPLICATE_REJECTED, "SOP Instance UID already stored with other content"
             )
+        except SyncError as exc:  # the group's files could not be flushed: nothing committed
+            logger.error("C-STORE refused: %s", exc)
+            return StoreResult(status.OUT_OF_RESOURCES_STORAGE, "storage unavailable")
         except (SQLAlchemyError, StorageError, OSError) as exc:
             logger.error(
                 "C-STORE refused: index commit failed (%s); file %s left unreferenced",

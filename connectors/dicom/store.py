@@ -2,28 +2,64 @@
 
 A file's key is the sha256 of its exact bytes: the DICOM File Meta Information followed by
 the data set as received (what DCMTK's ``storescp`` writes, PS3.10 §7). A write goes to a
-temporary name in the target directory, is fsync'd, renamed into place and the directory
-fsync'd, so after a crash a key either names the complete file or nothing.
+temporary name in the target directory and is linked into place only once complete, so a
+key names either the complete file or nothing (never a partial write).
 
-Content addressing makes retries cheap and safe: when the database commit that follows a
-write fails, the file stays as an *orphan* that nothing references (it never counts as
-stored; only a committed ``source_items.storage_key`` does), and a retry of the same
-instance finds the file already there and reuses it. :meth:`ContentStore.orphans` lists
-files old enough to be past any in-flight commit, for a cleanup that removes those the
-database does not reference.
+Durability is a group operation. :meth:`ContentStore.put` writes and links the file but
+does not flush it; the file's :attr:`StoredFile.pending` path is handed to the group-commit
+writer (:mod:`.writer`), which calls :func:`make_durable` on every file of a batch *before*
+it commits the batch's index rows, and answers the senders only after that commit. On
+Linux that is one ``syncfs(2)`` of the store's filesystem (one journal commit for the whole
+group; it also reports writeback errors since Linux 5.8); elsewhere, or on older kernels,
+each file and then each distinct directory is fsync'd. A failed flush fails the whole group
+(``SyncError``, status A700) and nothing of it is committed.
+
+Crash windows (``kill -9`` or power loss) and why none loses or corrupts an acknowledged
+instance:
+
+* before the link: only a ``.tmp`` file (or nothing) remains; no index row, no success.
+* linked but not yet flushed: the file may survive whole, truncated, or with zeroed
+  blocks, but it has no index row and no success was sent, so it is an *orphan*, removed
+  by the start-up cleanup once older than the grace period.
+* flushed but not committed: a complete orphan, likewise.
+* committed: the file was flushed before the commit, so the row names durable bytes.
+
+The same bytes arriving again (a retry after restart) must not end up referencing an
+orphan whose content never reached disk. An existing file is therefore trusted only after
+its size *and sha256* are checked (:meth:`ContentStore.put` reads it back; rare: it happens
+for duplicates and retries only). A damaged one is rewritten, flushed at once and replaced
+under an exclusive ``flock`` (so that two receivers never swap the inode of a file under a
+group that already flushed it). New files are linked with ``link(2)``, which never replaces
+an existing name: a file that some group already flushed and acknowledged is never swapped
+for an unflushed copy. Checking the hash (rather than always rewriting) keeps that property
+and costs a read instead of a write on the rare duplicate path.
+
+After a failed flush the page cache may hold bytes the disk does not (Linux marks pages
+clean after a writeback error, and reports the error only once), so the paths of a failed
+group are remembered as *suspect*: the next put of the same bytes rewrites and flushes the
+file instead of trusting what the page cache shows.
+
+:meth:`ContentStore.orphans` lists files old enough to be past any in-flight commit, for a
+cleanup that removes those the database does not reference.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as dt
+import errno
+import fcntl
 import hashlib
 import logging
 import os
+import platform
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cds.core.errors import StorageError
@@ -33,23 +69,33 @@ logger = logging.getLogger(__name__)
 _PREFIX = "dicom"
 _SUFFIX = ".dcm"
 _TMP_SUFFIX = ".tmp"
+_REPAIR_LOCK = ".repair.lock"
+#: ``link(2)`` errors of a filesystem that has no hard links.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
+class SyncError(StorageError):
+    """Files of a group could not be flushed to stable storage (status A700)."""
 
 
 @dataclass(frozen=True, slots=True)
 class StoredFile:
-    """A durable file in the store.
+    """A file in the store.
 
     Attributes:
         storage_key: path relative to the data directory (``dicom/ab/<sha>.dcm``).
         sha256: hex sha256 of the bytes.
         size_bytes: file size.
         reused: the file was already there (a retry or a re-send of the same bytes).
+        pending: absolute path still to be flushed (:func:`make_durable`) before the index
+            row that names it may be committed; ``None`` when nothing is to be flushed.
     """
 
     storage_key: str
     sha256: str
     size_bytes: int
     reused: bool
+    pending: Path | None = field(default=None, compare=False)
 
 
 class ContentStore:
@@ -105,33 +151,32 @@ class ContentStore:
         return path
 
     def put(self, data: bytes) -> StoredFile:
-        """Store ``data`` durably and return its key.
+        """Write ``data`` (complete, not yet flushed) and return its key.
+
+        The caller must flush :attr:`StoredFile.pending` (:func:`make_durable`) before it
+        commits anything that references the key.
 
         Raises:
-            StorageError: the file or its directory could not be written and flushed.
+            StorageError: the file could not be written.
         """
         sha = hashlib.sha256(data).hexdigest()
         key = self.key_for(sha)
         path = self.data_dir / key
+        absolute = path.absolute()
+        pending = absolute if self._fsync else None
         try:
-            if path.is_file() and path.stat().st_size == len(data):
-                return StoredFile(key, sha, len(data), reused=True)
             directory = self._ensure_dir(path.parent)
-            tmp = directory / f".{sha}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    if self._fsync:
-                        os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
-            self._fsync_dir(directory)
+            exists = path.exists()
+            if absolute in _suspects or (exists and not _holds(path, data, sha)):
+                self._repair(absolute, data, sha)  # rare: a damaged orphan or a failed flush
+                reused = False
+            elif exists:  # a duplicate or a retry: the bytes were checked
+                reused = True
+            else:
+                reused = self._link_new(directory, path, data, sha)
         except OSError as exc:
             raise StorageError(f"could not store file {sha[:12]}: {type(exc).__name__}") from exc
-        return StoredFile(key, sha, len(data), reused=False)
+        return StoredFile(key, sha, len(data), reused=reused, pending=pending)
 
     def read(self, storage_key: str) -> bytes:
         return self.path_for(storage_key).read_bytes()
@@ -164,6 +209,62 @@ class ContentStore:
                 continue
             yield path.relative_to(self.data_dir).as_posix()
 
+    def _link_new(self, directory: Path, path: Path, data: bytes, sha: str) -> bool:
+        """Write a temporary file and link it to ``path``; True when ``path`` was linked
+        meanwhile by a concurrent put of the same bytes (``link`` never replaces it).
+
+        On a filesystem without hard links (some network and object-storage mounts) the
+        file is flushed first and then renamed into place: a rename may replace a file that
+        a concurrent put of the same bytes named, but only with bytes already on disk, so
+        no acknowledged file is ever swapped for an unflushed one.
+        """
+        tmp = directory / f".{sha}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return True
+                except OSError as exc:
+                    if exc.errno not in _NO_HARD_LINKS:
+                        raise
+                    fh.flush()
+                    if self._fsync:
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, path)
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _repair(self, path: Path, data: bytes, sha: str) -> None:
+        """Replace a damaged or suspect file with ``data``, flushed before it is named.
+
+        Under an exclusive ``flock`` shared by every receiver process of this store, and
+        checked again under it, so one receiver repairs and the others then find good bytes.
+        """
+        fd = os.open(self.root / _REPAIR_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if path not in _suspects and path.exists() and _holds(path, data, sha):
+                return
+            tmp = path.parent / f".{sha}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    if self._fsync:
+                        os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._fsync_dir(path.parent)
+            with _suspects_lock:
+                _suspects.discard(path)
+            logger.warning("DICOM store file %s rewritten (damaged or unflushed)", sha[:12])
+        finally:
+            os.close(fd)  # releases the flock
+
     def _ensure_dir(self, directory: Path) -> Path:
         if directory in self._known_dirs:
             return directory
@@ -178,8 +279,98 @@ class ContentStore:
     def _fsync_dir(self, directory: Path) -> None:
         if not self._fsync:
             return
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(directory)
+
+
+def _holds(path: Path, data: bytes, sha: str) -> bool:
+    """True when the file at ``path`` has exactly ``data``'s size and sha256."""
+    try:
+        if path.stat().st_size != len(data):
+            return False
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha
+    except FileNotFoundError:
+        return False
+
+
+#: Paths of groups whose flush failed: the page cache may show bytes the disk lacks.
+_suspects: set[Path] = set()
+_suspects_lock = threading.Lock()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs`` where it reports writeback errors (Linux >= 5.8), else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        major, minor = (int(part) for part in platform.release().split(".")[:2])
+    except ValueError:
+        return None
+    if (major, minor) < (5, 8):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_syncfs = _load_syncfs()
+
+
+def make_durable(paths: Iterable[Path]) -> None:
+    """Flush the given store files (and their directory entries) to stable storage.
+
+    One ``syncfs`` per distinct filesystem where available, else an fsync of each file and
+    then of each distinct directory.
+
+    Raises:
+        SyncError: a flush failed; the paths are remembered as suspect (see module doc).
+    """
+    files = list(dict.fromkeys(paths))
+    if not files:
+        return
+    try:
+        if _syncfs is not None:
+            _sync_filesystems(files)
+        else:
+            for path in files:
+                _fsync_path(path)
+            for directory in dict.fromkeys(path.parent for path in files):
+                _fsync_path(directory)
+    except OSError as exc:
+        with _suspects_lock:
+            _suspects.update(files)
+        raise SyncError(f"could not flush {len(files)} stored files: {type(exc).__name__}") from exc
+
+
+#: One directory fd per filesystem, opened once: ``syncfs`` reports the writeback errors
+#: of its filesystem that happened since the fd was opened (errseq), so an fd that lives as
+#: long as the process also sees errors of background writeback between two groups.
+_fs_fds: dict[int, int] = {}
+_fs_lock = threading.Lock()
+
+
+def _sync_filesystems(files: list[Path]) -> None:
+    assert _syncfs is not None
+    devices: dict[int, Path] = {}
+    for path in files:
+        devices.setdefault(os.stat(path).st_dev, path)  # also: every file is still there
+    with _fs_lock:
+        for device, path in devices.items():
+            fd = _fs_fds.get(device)
+            if fd is None:
+                fd = _fs_fds[device] = os.open(path.parent, os.O_RDONLY)
+            if _syncfs(fd) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code))

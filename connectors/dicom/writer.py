@@ -1,9 +1,12 @@
-"""Group commit: one writer thread per process indexes what every association received.
+"""Group commit: one writer thread per process flushes and indexes what every association
+received.
 
-Each association thread has already written its file durably; it hands its index request
-to the writer and waits. The writer takes every request that queued up while it was busy
-and indexes them together in one transaction (set-based, see :mod:`.batch`), then commits
-once and wakes the waiting threads. Every thread still answers only after the commit that
+Each association thread has already written its file (not yet flushed, see :mod:`.store`);
+it hands its index request to the writer and waits. The writer takes every request that
+queued up while it was busy, first makes every file of the batch durable with one group
+flush (the ``sync`` function; a failure fails the whole batch and nothing is committed),
+then indexes them together in one transaction (set-based, see :mod:`.batch`), commits once
+and wakes the waiting threads. Every thread still answers only after the commit that
 holds its rows, so the durability promise is the same as one transaction per instance,
 but the database sees one commit (one WAL fsync on SQLite, one round trip on PostgreSQL)
 and a few multi-row statements for a whole batch, and SQLite's single-writer lock is taken
@@ -45,6 +48,8 @@ T = TypeVar("T")
 
 #: ``index_batch(session, requests)``: one result (or the request's own error) per request.
 BatchFunction = Callable[[Session, Sequence[R]], list[T | Exception]]
+#: ``sync(requests)``: makes what the requests reference durable, or raises.
+SyncFunction = Callable[[Sequence[R]], None]
 
 
 class _Job(Generic[R, T]):
@@ -63,6 +68,9 @@ class IndexWriter(Generic[R, T]):
     Args:
         session_factory: timeline database sessions.
         index_batch: indexes a batch of requests in the given session (not committing).
+        sync: makes the files of a batch durable before its transaction begins; raises to
+            fail the whole batch. Defaults to ``index_batch.sync`` when it has one (as
+            :class:`.batch.BatchIndexer` does), else nothing.
         max_batch: most requests in one transaction. Defaults to 64.
         wait_timeout_s: how long a caller waits for its commit before giving up (it
             then answers out-of-resources; the sender retries). Defaults to 120 s.
@@ -75,12 +83,16 @@ class IndexWriter(Generic[R, T]):
         session_factory: sessionmaker[Session],
         index_batch: BatchFunction[R, T],
         *,
+        sync: SyncFunction[R] | None = None,
         max_batch: int = 64,
         wait_timeout_s: float = 120.0,
         lock_path: Path | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.index_batch = index_batch
+        self.sync: SyncFunction[R] | None = (
+            sync if sync is not None else getattr(index_batch, "sync", None)
+        )
         self.max_batch = max_batch
         self.wait_timeout_s = wait_timeout_s
         self.lock_path = lock_path
@@ -160,9 +172,12 @@ class IndexWriter(Generic[R, T]):
             fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _commit(self, batch: list[_Job[R, T]]) -> None:
+        requests = [job.request for job in batch]
         try:
+            if self.sync is not None:
+                self.sync(requests)  # durable files first: a row must never name lost bytes
             with transaction(self.session_factory) as session:
-                results = self.index_batch(session, [job.request for job in batch])
+                results = self.index_batch(session, requests)
                 if len(results) != len(batch):
                     raise RuntimeError(f"{len(results)} index results for {len(batch)} requests")
             for job, result in zip(batch, results, strict=True):

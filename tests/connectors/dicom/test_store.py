@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cds.core.errors import StorageError
-from connectors.dicom.store import ContentStore
+from connectors.dicom import store as store_module
+from connectors.dicom.store import ContentStore, SyncError, make_durable
 
 
 def test_put_names_files_by_sha256_and_reuses_them(tmp_path: Path) -> None:
@@ -34,10 +35,10 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     store = ContentStore(tmp_path)
     store.prepare()
 
-    def broken_fsync(_fd: int) -> None:
-        raise OSError(5, "I/O error")
+    def broken_link(_src: object, _dst: object) -> None:
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "link", broken_link)
     with pytest.raises(StorageError):
         store.put(b"payload")
     monkeypatch.undo()
@@ -64,3 +65,141 @@ def test_orphans_are_old_files_only(tmp_path: Path) -> None:
     store.remove(old.storage_key)
     assert not store.path_for(old.storage_key).exists()
     assert store.path_for(new.storage_key).exists()
+
+
+def test_put_defers_the_flush_to_the_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ContentStore(tmp_path)
+    store.prepare()
+    fsyncs: list[int] = []
+    monkeypatch.setattr(os, "fsync", fsyncs.append)
+    stored = store.put(b"deferred")
+    assert fsyncs == []
+    assert stored.pending == store.path_for(stored.storage_key)
+    assert ContentStore(tmp_path, fsync=False).put(b"other").pending is None
+
+
+def test_a_damaged_file_is_rewritten_not_trusted(tmp_path: Path) -> None:
+    # What a crash can leave of a file linked but never flushed: its size, zeroed blocks,
+    # or less. The same bytes arriving again must not reference it.
+    store = ContentStore(tmp_path)
+    store.prepare()
+    data = b"DICM" * 500
+    for damaged in (b"\x00" * len(data), data[:100]):
+        first = store.put(data)
+        path = store.path_for(first.storage_key)
+        path.write_bytes(damaged)
+        again = store.put(data)
+        assert not again.reused and path.read_bytes() == data
+    assert store.put(data).reused
+
+
+def test_a_concurrent_put_of_the_same_bytes_never_replaces_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ContentStore(tmp_path)
+    store.prepare()
+    data = b"same bytes"
+    path = store.path_for(ContentStore.key_for(hashlib.sha256(data).hexdigest()))
+    real_link = os.link
+
+    def racing_link(src: str, dst: str) -> None:
+        Path(dst).write_bytes(data)  # another association linked it first
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", racing_link)
+    stored = store.put(data)
+    monkeypatch.undo()
+    assert stored.reused and path.read_bytes() == data
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_make_durable_per_file_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ContentStore(tmp_path)
+    store.prepare()
+    files = [store.put(bytes([n]) * 10) for n in range(6)]
+    paths = [f.pending for f in files if f.pending is not None]
+    flushed: list[Path] = []
+    monkeypatch.setattr(store_module, "_syncfs", None)
+    monkeypatch.setattr(store_module, "_fsync_path", flushed.append)
+    make_durable(paths + paths[:2])
+    directories = list(dict.fromkeys(p.parent for p in paths))
+    assert flushed == paths + directories  # each file, then each distinct directory once
+
+
+def test_make_durable_is_one_syncfs_per_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if store_module._syncfs is None:
+        pytest.skip("no syncfs here")
+    store = ContentStore(tmp_path)
+    store.prepare()
+    calls: list[int] = []
+    real = store_module._syncfs
+
+    def counting(fd: int) -> int:
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(store_module, "_syncfs", counting)
+    make_durable(store.put(bytes([n]) * 10).pending or Path() for n in range(8))
+    assert len(calls) == 1
+
+
+def test_a_failed_flush_makes_the_files_suspect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ContentStore(tmp_path)
+    store.prepare()
+    data = b"flush fails"
+    stored = store.put(data)
+    assert stored.pending is not None
+
+    def eio(_path: Path) -> None:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(store_module, "_syncfs", None)
+    monkeypatch.setattr(store_module, "_fsync_path", eio)
+    with pytest.raises(SyncError):
+        make_durable([stored.pending])
+    monkeypatch.undo()
+    # The page cache shows good bytes, but the disk may not have them: rewrite and flush.
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    again = store.put(data)
+    assert not again.reused and fsyncs
+    assert store.put(data).reused
+
+
+def test_without_hard_links_the_file_is_flushed_before_it_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Object-storage and some network mounts refuse link(2): fsync, then rename."""
+    events: list[str] = []
+
+    def no_link(_src: object, _dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(store_module.os, "link", no_link)
+    monkeypatch.setattr(
+        store_module.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1]
+    )
+    monkeypatch.setattr(
+        store_module.os,
+        "replace",
+        lambda a, b: (events.append("rename"), real_replace(a, b))[1],
+    )
+    store = ContentStore(tmp_path)
+    data = b"DICM" + os.urandom(64)
+    stored = store.put(data)
+    assert events.count("rename") == 1
+    assert events[-2:] == ["fsync", "rename"]  # the file's own flush, then its name
+    assert store.read(stored.storage_key) == data
+    assert not stored.reused
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import create_engine
+import pytest
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from connectors.dicom.store import SyncError
 from connectors.dicom.writer import IndexWriter
 
 
@@ -72,3 +75,94 @@ def test_writers_sharing_a_lock_file_take_turns(tmp_path: Path) -> None:
         release.set()
         first.stop()
         second.stop()
+
+
+def _recording_factory(events: list[tuple[str, ...]]) -> sessionmaker[Session]:
+    sessions = factory()
+    event.listen(sessions, "after_commit", lambda _session: events.append(("commit",)))
+    return sessions
+
+
+def test_a_group_is_synced_whole_before_its_transaction_commits() -> None:
+    events: list[tuple[str, ...]] = []
+    first_in, gate = threading.Event(), threading.Event()
+
+    def sync(requests: Sequence[str]) -> None:
+        events.append(("sync", *sorted(requests)))
+        if list(requests) == ["a"]:
+            first_in.set()
+            gate.wait(5)
+
+    def index(session: Session, requests: Sequence[str]) -> list[str | Exception]:
+        events.append(("index", *sorted(requests)))
+        session.execute(text("select 1"))
+        return list(requests)
+
+    writer: IndexWriter[str, str] = IndexWriter(_recording_factory(events), index, sync=sync)
+    writer.start()
+    try:
+        answers: list[str] = []
+        threads = [
+            threading.Thread(target=lambda r=r: answers.append(writer.submit(r))) for r in "abcd"
+        ]
+        threads[0].start()
+        assert first_in.wait(5)
+        for thread in threads[1:]:
+            thread.start()
+        while writer._queue.qsize() < 3:
+            time.sleep(0.01)
+        assert answers == []  # nobody is answered before the commit of its group
+        gate.set()
+        for thread in threads:
+            thread.join(5)
+        assert sorted(answers) == ["a", "b", "c", "d"]
+        assert events == [
+            ("sync", "a"),
+            ("index", "a"),
+            ("commit",),
+            ("sync", "b", "c", "d"),
+            ("index", "b", "c", "d"),
+            ("commit",),
+        ]
+    finally:
+        gate.set()
+        writer.stop()
+
+
+def test_a_failed_sync_fails_the_whole_group_and_commits_nothing() -> None:
+    events: list[tuple[str, ...]] = []
+
+    def sync(requests: Sequence[str]) -> None:
+        raise SyncError("could not flush")
+
+    def index(_session: Session, requests: Sequence[str]) -> list[str | Exception]:
+        events.append(("index", *requests))
+        return list(requests)
+
+    writer: IndexWriter[str, str] = IndexWriter(_recording_factory(events), index, sync=sync)
+    writer.start()
+    try:
+        with pytest.raises(SyncError):
+            writer.submit("a")
+        assert events == []
+    finally:
+        writer.stop()
+
+
+def test_the_sync_defaults_to_the_batch_functions_own() -> None:
+    synced: list[Sequence[int]] = []
+
+    class Indexer:
+        def __call__(self, _session: Session, requests: Sequence[int]) -> list[int | Exception]:
+            return list(requests)
+
+        def sync(self, requests: Sequence[int]) -> None:
+            synced.append(list(requests))
+
+    writer: IndexWriter[int, int] = IndexWriter(factory(), Indexer())
+    writer.start()
+    try:
+        assert writer.submit(7) == 7
+        assert synced == [[7]]
+    finally:
+        writer.stop()
