@@ -3,14 +3,16 @@ received.
 
 Each association thread has already written its file (not yet flushed, see :mod:`.store`);
 it hands its index request to the writer and waits. The writer takes every request that
-queued up while it was busy, first makes every file of the batch durable with one group
-flush (the ``sync`` function; a failure fails the whole batch and nothing is committed),
-then indexes them together in one transaction (set-based, see :mod:`.batch`), commits once
-and wakes the waiting threads. Every thread still answers only after the commit that
-holds its rows, so the durability promise is the same as one transaction per instance,
-but the database sees one commit (one WAL fsync on SQLite, one round trip on PostgreSQL)
-and a few multi-row statements for a whole batch, and SQLite's single-writer lock is taken
-once per batch instead of being fought over by every association.
+queued up while it was busy, makes every file of the batch durable with one group flush
+(the ``sync`` function, on its own thread while the writer runs the batch's index
+statements; it must end before the commit, and a failure fails the whole batch and
+nothing is committed), indexes them together in one transaction (set-based, see
+:mod:`.batch`), commits once and wakes the waiting threads. Every thread still answers
+only after the commit that holds its rows, so the durability promise is the same as one
+transaction per instance, but the database sees one commit (one WAL fsync on SQLite, one
+round trip on PostgreSQL) and a few multi-row statements for a whole batch, and SQLite's
+single-writer lock is taken once per batch instead of being fought over by every
+association.
 
 The batch function returns one result per request: a value, or the exception that this
 request alone failed with (its rows rolled back). A failed commit fails every request of
@@ -33,6 +35,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -68,7 +71,7 @@ class IndexWriter(Generic[R, T]):
     Args:
         session_factory: timeline database sessions.
         index_batch: indexes a batch of requests in the given session (not committing).
-        sync: makes the files of a batch durable before its transaction begins; raises to
+        sync: makes the files of a batch durable before its transaction commits; raises to
             fail the whole batch. Defaults to ``index_batch.sync`` when it has one (as
             :class:`.batch.BatchIndexer` does), else nothing.
         max_batch: most requests in one transaction. Defaults to 64.
@@ -99,11 +102,14 @@ class IndexWriter(Generic[R, T]):
         self._lock_fd: int | None = None
         self._queue: queue.Queue[_Job[R, T] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._syncer: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         if self._thread is None:
             if self.lock_path is not None:
                 self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            if self.sync is not None:
+                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="dicom-group-flush")
             self._thread = threading.Thread(target=self._run, name="dicom-index-writer")
             self._thread.start()
 
@@ -113,6 +119,9 @@ class IndexWriter(Generic[R, T]):
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout)
+        syncer, self._syncer = self._syncer, None
+        if syncer is not None:
+            syncer.shutdown(wait=True)
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
@@ -174,10 +183,16 @@ class IndexWriter(Generic[R, T]):
     def _commit(self, batch: list[_Job[R, T]]) -> None:
         requests = [job.request for job in batch]
         try:
-            if self.sync is not None:
-                self.sync(requests)  # durable files first: a row must never name lost bytes
+            # The flush runs beside the index statements (it is I/O and releases the GIL)
+            # and must end before the commit: a row must never name bytes not on disk.
+            sync, syncer = self.sync, self._syncer
+            flushed = None if sync is None or syncer is None else syncer.submit(sync, requests)
             with transaction(self.session_factory) as session:
-                results = self.index_batch(session, requests)
+                try:
+                    results = self.index_batch(session, requests)
+                finally:
+                    if flushed is not None:
+                        flushed.result()  # raises: the transaction rolls back
                 if len(results) != len(batch):
                     raise RuntimeError(f"{len(results)} index results for {len(batch)} requests")
             for job, result in zip(batch, results, strict=True):

@@ -88,10 +88,10 @@ def test_a_group_is_synced_whole_before_its_transaction_commits() -> None:
     first_in, gate = threading.Event(), threading.Event()
 
     def sync(requests: Sequence[str]) -> None:
-        events.append(("sync", *sorted(requests)))
         if list(requests) == ["a"]:
             first_in.set()
             gate.wait(5)
+        events.append(("sync", *sorted(requests)))
 
     def index(session: Session, requests: Sequence[str]) -> list[str | Exception]:
         events.append(("index", *sorted(requests)))
@@ -116,14 +116,12 @@ def test_a_group_is_synced_whole_before_its_transaction_commits() -> None:
         for thread in threads:
             thread.join(5)
         assert sorted(answers) == ["a", "b", "c", "d"]
-        assert events == [
-            ("sync", "a"),
-            ("index", "a"),
-            ("commit",),
-            ("sync", "b", "c", "d"),
-            ("index", "b", "c", "d"),
-            ("commit",),
-        ]
+        # The flush may run beside the index statements, but ends before the commit.
+        commits = [i for i, e in enumerate(events) if e == ("commit",)]
+        assert len(commits) == 2
+        first, second = events[: commits[0]], events[commits[0] + 1 : commits[1]]
+        assert sorted(first) == [("index", "a"), ("sync", "a")]
+        assert sorted(second) == [("index", "b", "c", "d"), ("sync", "b", "c", "d")]
     finally:
         gate.set()
         writer.stop()
@@ -144,7 +142,7 @@ def test_a_failed_sync_fails_the_whole_group_and_commits_nothing() -> None:
     try:
         with pytest.raises(SyncError):
             writer.submit("a")
-        assert events == []
+        assert ("commit",) not in events  # indexed beside the flush, rolled back
     finally:
         writer.stop()
 
