@@ -6,11 +6,11 @@ to one pipelined :class:`DynamicBatcher` and waits, so the model sees batches fo
 across jobs (up to ``CDSFUSION_WORKER_BATCH_SIZE`` or ``CDSFUSION_WORKER_MAX_WAIT_MS``)
 while the next batch is read and decoded and the last one written.
 
-Why not celery-batches: its 0.11 release requires Celery < 5.7, it acknowledges a whole
-batch together (a poison job would be redelivered with its batch-mates), and it batches
-only what one Celery consumer has prefetched. Here every job stays its own Celery message
-(``acks_late``, retried and dead-lettered alone), and batching happens after the broker,
-in the batcher, which the embedded worker uses too.
+Why not celery-batches: its 0.11 release requires Celery < 5.7, it hands one task function
+the requests of a batch (retries and failures then have to be settled per request by
+hand), and it batches only what one Celery consumer has prefetched. Here every job stays
+its own Celery message (``acks_late``, retried and dead-lettered alone), and batching
+happens after the broker, in the batcher, which the embedded worker uses too.
 """
 
 from __future__ import annotations
