@@ -24,11 +24,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
-from pynetdicom.events import Event
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -103,22 +101,6 @@ def parse_action(
         return INVALID_ARGUMENT_VALUE
     return CommitmentRequest(
         calling_ae=calling_ae.strip(), transaction_uid=transaction_uid, references=references
-    )
-
-
-def parse_request(event: Event) -> CommitmentRequest | int:
-    """:func:`parse_action` for a pynetdicom N-ACTION event."""
-    request: Any = event.request
-    if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
-        return NO_SUCH_ACTION_TYPE
-    try:
-        info: Dataset | None = event.action_information
-    except (AttributeError, ValueError, TypeError, KeyError):
-        info = None
-    return parse_action(
-        action_type_id=request.ActionTypeID,
-        information=info,
-        calling_ae=str(event.assoc.requestor.ae_title),
     )
 
 

@@ -326,13 +326,11 @@ class FusionModel(nn.Module):
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Image tokens of (k, 1, S, S) pixels, rows padded to a bucket when set."""
-        buckets = self.shape_buckets
         k = pixels.shape[0]
-        if buckets is None or ShapeBuckets.fit(k, buckets.rows) == k:
-            out: torch.Tensor = self.image(pixels)
-            return out
-        pad = pixels.new_zeros((ShapeBuckets.fit(k, buckets.rows) - k, *pixels.shape[1:]))
-        out = self.image(torch.cat([pixels, pad]))
+        rows = k if self.shape_buckets is None else ShapeBuckets.fit(k, self.shape_buckets.rows)
+        if rows != k:
+            pixels = torch.cat([pixels, pixels.new_zeros((rows - k, *pixels.shape[1:]))])
+        out: torch.Tensor = self.image(pixels)
         return out[:k]
 
     def _encode_notes(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from fusion.config import FusionConfig, preset
 from fusion.features import Featurizer
 from fusion.synthetic import SyntheticPatient, generate_cohort
 from fusion.training import build_model
+from worker.scoring import Scorer
 
 
 def tiny_checkpoint(
@@ -269,3 +270,22 @@ def seed_study(
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+class DelegatingScorer:
+    """A test double that is the real model (``inner``) except where a subclass says."""
+
+    def __init__(self, inner: Scorer) -> None:
+        self.inner = inner
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def model_version(self) -> str:
+        return self.inner.model_version
+
+    @property
+    def sha256(self) -> str:
+        return self.inner.sha256

@@ -43,6 +43,7 @@ from cds.core.runtime import EngineContext
 from cds.core.settings import Settings
 from fusion.inputs import BundleInput, PredictionOutput
 from tests.integration.pipeline_support import (
+    DelegatingScorer,
     seed_context,
     seed_study,
     synthetic_patient,
@@ -248,26 +249,14 @@ def test_anchor_alone_is_insufficient_by_minimum(ctx: EngineContext) -> None:
     assert prediction.outputs["missing"] == ["at least 2 modalities needed, 1 present"]
 
 
-class PoisonScorer:
+class PoisonScorer(DelegatingScorer):
     """The real model, except that it raises on the bundles named poison (a test double
     for a bundle that crashes the model)."""
 
     def __init__(self, inner: Scorer, poison: set[str]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.poison = poison
         self.batches: list[int] = []
-
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    @property
-    def model_version(self) -> str:
-        return self.inner.model_version
-
-    @property
-    def sha256(self) -> str:
-        return self.inner.sha256
 
     def predict(self, batch: Sequence[BundleInput]) -> list[PredictionOutput]:
         self.batches.append(len(batch))

@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cds.core.clinical import EventIn, IdentifierIn, ItemIn, SourceItemIn
@@ -224,3 +226,21 @@ def world(db_engine: Engine, tmp_path: Path, checkpoint: Path) -> Iterator[World
         policy=retry_policy(settings),
     )
     yield World(ctx=ctx, wctx=wctx, patients=patients, jobs=jobs)  # type: ignore[arg-type]
+
+
+@contextmanager
+def counting_statements(
+    engine: Engine, verbs: frozenset[str] = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+) -> Iterator[list[str]]:
+    """The SQL statements ``engine`` runs meanwhile whose first word is one of ``verbs``."""
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in verbs:
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)

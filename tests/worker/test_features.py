@@ -9,15 +9,13 @@ the inputs must be the same; and the number of queries must not grow with the ba
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cds.core.db.models import (
@@ -30,7 +28,7 @@ from cds.core.db.models import (
     TimelineEvent,
 )
 from fusion.inputs import BundleInput, Demographics, NoteItem, ObsItem
-from tests.worker.conftest import World
+from tests.worker.conftest import World, counting_statements
 from worker.features import (
     BuiltInput,
     age_in_years,
@@ -123,21 +121,6 @@ def assert_same(got: BuiltInput | Exception, want: BuiltInput) -> None:
         np.testing.assert_array_equal(got.input.image, want.input.image)
 
 
-@contextmanager
-def counting_selects(engine: Engine) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-
-
 def test_the_world_has_every_shape(world: World) -> None:
     assert len(world.bundles()) == 7
     assert [b.version for b in world.bundles_of("two-versions")] == [1, 2]
@@ -190,9 +173,15 @@ def test_members_come_in_a_stable_order(world: World) -> None:
 def test_reads_take_the_same_number_of_queries_for_one_bundle_or_many(world: World) -> None:
     bundles = world.bundles()
     data_dir = world.wctx.data_dir
-    with world.ctx.session_factory() as session, counting_selects(world.ctx.engine) as one:
+    with (
+        world.ctx.session_factory() as session,
+        counting_statements(world.ctx.engine, frozenset({"SELECT"})) as one,
+    ):
         build_inputs(session=session, bundles=bundles[:1], data_dir=data_dir)
-    with world.ctx.session_factory() as session, counting_selects(world.ctx.engine) as many:
+    with (
+        world.ctx.session_factory() as session,
+        counting_statements(world.ctx.engine, frozenset({"SELECT"})) as many,
+    ):
         build_inputs(session=session, bundles=bundles, data_dir=data_dir)
     assert len(many) == len(one) == 2  # members, then study images
 
@@ -218,7 +207,10 @@ def test_a_bundle_that_cannot_be_built_fails_alone(world: World) -> None:
 
 
 def test_no_bundles_no_queries(world: World) -> None:
-    with world.ctx.session_factory() as session, counting_selects(world.ctx.engine) as seen:
+    with (
+        world.ctx.session_factory() as session,
+        counting_statements(world.ctx.engine, frozenset({"SELECT"})) as seen,
+    ):
         assert build_inputs(session=session, bundles=[], data_dir=world.wctx.data_dir) == {}
     assert seen == []
     assert uuid.UUID(int=0) not in world.jobs

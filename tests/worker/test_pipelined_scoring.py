@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import func, select
 
 from cds.core.db.models import (
     BundleStatus,
@@ -28,7 +26,8 @@ from cds.core.db.types import utcnow
 from fusion.features import EncodedBundle
 from fusion.inputs import BundleInput, PredictionOutput
 from fusion.predictor import Predictor
-from tests.worker.conftest import World
+from tests.integration.pipeline_support import DelegatingScorer
+from tests.worker.conftest import World, counting_statements
 from worker.embedded import WorkerMetrics, scoring_batcher
 from worker.model import load_predictor
 from worker.scoring import Outcome, Scorer, predict_jobs, prepare_jobs, write_jobs
@@ -39,29 +38,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 WAIT_S = 120.0
 
 
-class GatedScorer:
+class GatedScorer(DelegatingScorer):
     """The real model, except that it raises on the bundles named poison and, while the
     gate is shut, holds every batch (so batches pile up in the other steps)."""
 
     def __init__(self, inner: Scorer, poison: frozenset[str] = frozenset()) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.poison = poison
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
         self.batches: list[list[str]] = []
-
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    @property
-    def model_version(self) -> str:
-        return self.inner.model_version
-
-    @property
-    def sha256(self) -> str:
-        return self.inner.sha256
 
     def predict(self, batch: Sequence[BundleInput]) -> list[PredictionOutput]:
         self.batches.append([item.bundle_id for item in batch])
@@ -110,22 +97,6 @@ def job_states(world: World) -> dict[uuid.UUID, tuple[JobState, int]]:
             )
         ).all()
     return {job_id: (state, attempts) for job_id, state, attempts in rows}
-
-
-@contextmanager
-def counting_statements(engine: Engine) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        verb = statement.lstrip().split(None, 1)[0].upper()
-        if verb in {"SELECT", "INSERT", "UPDATE", "DELETE"}:
-            statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 def test_pipelined_scoring_settles_every_shape_once(world: World) -> None:
