@@ -33,9 +33,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, select, tuple_, update
+from sqlalchemy import Connection, Table, bindparam, select, tuple_, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapper, Session
 
 from cds.core.clinical import IdentifierIn
 from cds.core.db.models import (
@@ -43,13 +44,15 @@ from cds.core.db.models import (
     ImagingInstance,
     ImagingSeries,
     ImagingStudy,
+    Patient,
+    PatientIdentifier,
     Protocol,
     SourceItem,
+    StudyState,
 )
-from cds.core.db.upsert import insert_ignoring_conflicts
 from cds.core.errors import ConflictError
 from cds.core.repository.ingest import patient_ref_key
-from cds.core.repository.patients import attach_held_items, resolve_patient
+from cds.core.repository.patients import attach_held_items, canonical_system, resolve_patient
 from cds.core.settings import DicomDuplicatePolicy
 from connectors.dicom.header import InstanceHeader
 from connectors.dicom.index import (
@@ -220,15 +223,23 @@ def _index_round(
     issuer_map: Mapping[str, str] | None,
 ) -> list[IndexResult]:
     """Index requests with distinct SOPInstanceUIDs."""
+    conn = session.connection()
+    statements = _statements(conn.dialect.name)
     results: list[IndexResult] = [IndexOutcome.DUPLICATE] * len(requests)
-    inserted = _insert_source_items(session=session, requests=requests)
+    known = _known_patients(
+        conn=conn, statements=statements, requests=requests, issuer_map=issuer_map
+    )
+    inserted = _insert_source_items(
+        conn=conn, statements=statements, requests=requests, known=known
+    )
     placed: list[tuple[int, _Placed]] = []
     earlier = [r for r in requests if r.header.SOPInstanceUID not in inserted]
-    stored_before = _stored_before(session=session, requests=earlier)
+    stored_before = _stored_before(conn=conn, statements=statements, requests=earlier)
     for i, request in enumerate(requests):
         uid = request.header.SOPInstanceUID
         if uid in inserted:
-            placed.append((i, _Placed(request, inserted[uid], None, replaced=False)))
+            patient_id = known.patient_of(request.header)
+            placed.append((i, _Placed(request, inserted[uid], patient_id, replaced=False)))
             continue
         existing_id, existing_sha = stored_before[uid]
         if existing_sha == request.stored.sha256:
@@ -252,11 +263,19 @@ def _index_round(
         results[i] = IndexOutcome.REPLACED
     if not placed:
         return results
-    _place_on_patients(
-        session=session, new=[p for _, p in placed if not p.replaced], issuer_map=issuer_map
+    _place_new_patients(
+        session=session,
+        new=[p for _, p in placed if not p.replaced and p.patient_id is None],
+        issuer_map=issuer_map,
     )
-    study_ids = _touch_studies(session=session, placed=[p for _, p in placed], timing=timing)
-    series_ids = _series_ids(session=session, placed=[p for _, p in placed], study_ids=study_ids)
+    if known.held:
+        _attach_held(session=session, known=known)
+    study_ids = _touch_studies(
+        conn=conn, statements=statements, placed=[p for _, p in placed], timing=timing
+    )
+    series_ids = _series_ids(
+        conn=conn, statements=statements, placed=[p for _, p in placed], study_ids=study_ids
+    )
     new_rows = []
     for i, p in placed:
         header = p.request.header
@@ -274,16 +293,173 @@ def _index_round(
             new_rows.append({"id": uuid.uuid4(), **values})
             results[i] = IndexOutcome.STORED
     if new_rows:
-        session.connection().execute(
-            _table(ImagingInstance).insert(),
-            _column_keys(ImagingInstance, _by(new_rows, "SOPInstanceUID")),
-        )
-    session.flush()
+        conn.execute(statements.insert_instances, _column_keys(_by(new_rows, "SOPInstanceUID")))
     return results
 
 
-def _insert_source_items(*, session: Session, requests: list[IndexRequest]) -> dict[str, uuid.UUID]:
-    """Insert the source items that are new; their ids by SOPInstanceUID."""
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The statements of a round, built once per dialect (their compiled form is cached).
+
+    Rounds run them through the session's connection as Core statements: the ORM's
+    per-statement work (building the clause, its cache key, unit-of-work flushes) cost
+    more than the database itself at the batch sizes a few associations give.
+    """
+
+    known_patients: Any
+    insert_source_items: Any
+    stored_before: Any
+    lock_studies: Any
+    insert_studies: Any
+    current_versions: Any
+    update_studies: Any
+    insert_versions: Any
+    find_series: Any
+    insert_series: Any
+    insert_instances: Any
+
+
+_STATEMENTS: dict[str, _Statements] = {}
+
+_STUDY_COLUMNS = (
+    "id",
+    "StudyInstanceUID",
+    "patient_id",
+    "AccessionNumber",
+    "study_datetime",
+    "StudyDescription",
+    "state",
+    "version",
+    "last_received_at",
+    "completes_at",
+    "completed_at",
+)
+#: Study columns a round may move (``move_study_clock``), written back by id.
+_MOVED_COLUMNS = _STUDY_COLUMNS[2:]
+
+
+def _statements(dialect: str) -> _Statements:
+    found = _STATEMENTS.get(dialect)
+    if found is not None:
+        return found
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    source, study, version = _table(SourceItem), _table(ImagingStudy), _table(DicomStudyVersion)
+    series = _table(ImagingSeries)
+    held = (
+        select(SourceItem.id)
+        .where(
+            SourceItem.patient_ref == PatientIdentifier.system + "|" + PatientIdentifier.value,
+            SourceItem.patient_id.is_(None),
+        )
+        .exists()
+    )
+    moved: dict[str, Any] = {_COLUMN_KEYS[name]: bindparam(f"b_{name}") for name in _MOVED_COLUMNS}
+    built = _Statements(
+        known_patients=select(
+            PatientIdentifier.system,
+            PatientIdentifier.value,
+            PatientIdentifier.patient_id,
+            Patient.merged_into_id,
+            held,
+        )
+        .join(Patient, Patient.id == PatientIdentifier.patient_id)
+        .where(
+            tuple_(PatientIdentifier.system, PatientIdentifier.value).in_(
+                bindparam("keys", expanding=True)
+            )
+        ),
+        insert_source_items=insert(source)
+        .on_conflict_do_nothing()
+        .returning(source.c.item_id, source.c.id),
+        stored_before=select(SourceItem.item_id, SourceItem.id, SourceItem.content_sha256).where(
+            SourceItem.protocol == Protocol.DICOM,
+            SourceItem.namespace == "",
+            SourceItem.item_version == "",
+            SourceItem.item_id.in_(bindparam("uids", expanding=True)),
+        ),
+        lock_studies=select(*(getattr(ImagingStudy, name) for name in _STUDY_COLUMNS))
+        .where(ImagingStudy.StudyInstanceUID.in_(bindparam("uids", expanding=True)))
+        .order_by(ImagingStudy.StudyInstanceUID)
+        .with_for_update(),
+        insert_studies=insert(study).on_conflict_do_nothing(),
+        current_versions=select(
+            DicomStudyVersion.study_id, DicomStudyVersion.version, DicomStudyVersion.started_at
+        ).where(
+            tuple_(DicomStudyVersion.study_id, DicomStudyVersion.version).in_(
+                bindparam("keys", expanding=True)
+            )
+        ),
+        update_studies=update(study).where(study.c.id == bindparam("b_id")).values(moved),
+        insert_versions=insert(version),
+        find_series=select(ImagingSeries.SeriesInstanceUID, ImagingSeries.id).where(
+            ImagingSeries.SeriesInstanceUID.in_(bindparam("uids", expanding=True))
+        ),
+        insert_series=insert(series).on_conflict_do_nothing(),
+        insert_instances=_table(ImagingInstance).insert(),
+    )
+    _STATEMENTS[dialect] = built
+    return built
+
+
+@dataclass(slots=True)
+class _KnownPatients:
+    """Patients of a round's identifiers that exist already, read in one statement.
+
+    Attributes:
+        by_key: surviving patient id by canonical (system, value).
+        held: patient refs (``system|value``) under which items wait for their patient
+            although it exists (an item held by a transaction that committed while
+            another created the identifier); attached like ``ingest_item`` does.
+        issuer_map: the issuer equivalences the keys were made with.
+    """
+
+    by_key: dict[tuple[str, str], uuid.UUID]
+    held: dict[str, uuid.UUID]
+    issuer_map: Mapping[str, str] | None
+
+    def patient_of(self, header: InstanceHeader) -> uuid.UUID | None:
+        """The known patient that owns every identifier of ``header``, else None."""
+        identifiers = identifiers_of(header)
+        found = {self.by_key.get(self.key(ident)) for ident in identifiers}
+        if len(found) != 1:
+            return None
+        return found.pop()
+
+    def key(self, ident: IdentifierIn) -> tuple[str, str]:
+        return canonical_system(ident.system, self.issuer_map), ident.value
+
+
+def _known_patients(
+    *,
+    conn: Connection,
+    statements: _Statements,
+    requests: list[IndexRequest],
+    issuer_map: Mapping[str, str] | None,
+) -> _KnownPatients:
+    """Existing patients of the round's identifiers (merged ones left to the slow path)."""
+    known = _KnownPatients({}, {}, issuer_map)
+    keys = sorted({known.key(ident) for r in requests for ident in identifiers_of(r.header)})
+    if not keys:
+        return known
+    for system, value, patient_id, merged_into_id, held in conn.execute(
+        statements.known_patients, {"keys": keys}
+    ):
+        if merged_into_id is None:
+            known.by_key[(system, value)] = patient_id
+            if held:
+                known.held[f"{system}|{value}"] = patient_id
+    return known
+
+
+def _insert_source_items(
+    *,
+    conn: Connection,
+    statements: _Statements,
+    requests: list[IndexRequest],
+    known: _KnownPatients,
+) -> dict[str, uuid.UUID]:
+    """Insert the source items that are new, on their patient when it is known already;
+    their ids by SOPInstanceUID."""
     rows = [
         {
             "id": uuid.uuid4(),
@@ -297,36 +473,31 @@ def _insert_source_items(*, session: Session, requests: list[IndexRequest]) -> d
             "size_bytes": r.stored.size_bytes,
             "storage_key": r.stored.storage_key,
             "received_at": r.received_at,
+            "patient_id": known.patient_of(r.header),
         }
         for r in requests
     ]
-    table = _table(SourceItem)
-    statement = insert_ignoring_conflicts(session, table).returning(table.c.item_id, table.c.id)
-    inserted = session.connection().execute(statement, _by(rows, "item_id"))
+    inserted = conn.execute(statements.insert_source_items, _by(rows, "item_id"))
     return {item_id: id_ for item_id, id_ in inserted}
 
 
 def _stored_before(
-    *, session: Session, requests: list[IndexRequest]
+    *, conn: Connection, statements: _Statements, requests: list[IndexRequest]
 ) -> dict[str, tuple[uuid.UUID, str]]:
     """Source item id and content hash of instances stored earlier, by SOPInstanceUID."""
     if not requests:
         return {}
-    rows = session.connection().execute(
-        select(SourceItem.item_id, SourceItem.id, SourceItem.content_sha256).where(
-            SourceItem.protocol == Protocol.DICOM,
-            SourceItem.namespace == "",
-            SourceItem.item_version == "",
-            SourceItem.item_id.in_([r.header.SOPInstanceUID for r in requests]),
-        )
+    rows = conn.execute(
+        statements.stored_before, {"uids": [r.header.SOPInstanceUID for r in requests]}
     )
     return {item_id: (id_, sha) for item_id, id_, sha in rows}
 
 
-def _place_on_patients(
+def _place_new_patients(
     *, session: Session, new: list[_Placed], issuer_map: Mapping[str, str] | None
 ) -> None:
-    """New items onto their patients, resolved once per distinct identifier set."""
+    """New items whose patient is not known yet (or was merged): resolved (created when
+    new) once per distinct identifier set, held items attached, as ``ingest_item`` does."""
     by_patient: dict[tuple[IdentifierIn, ...], list[_Placed]] = {}
     for p in new:
         identifiers = identifiers_of(p.request.header)
@@ -351,89 +522,139 @@ def _place_on_patients(
             p.patient_id = patient_id
 
 
+def _attach_held(*, session: Session, known: _KnownPatients) -> None:
+    for patient_ref, patient_id in known.held.items():
+        attach_held_items(session=session, patient_id=patient_id, patient_ref=patient_ref)
+
+
+@dataclass(slots=True)
+class _StudyRow:
+    """A locked study as a plain row (see :class:`~connectors.dicom.index.StudyClock`)."""
+
+    id: uuid.UUID
+    StudyInstanceUID: str
+    patient_id: uuid.UUID | None
+    AccessionNumber: str | None
+    study_datetime: dt.datetime | None
+    StudyDescription: str | None
+    state: StudyState
+    version: int
+    last_received_at: dt.datetime
+    completes_at: dt.datetime | None
+    completed_at: dt.datetime | None
+
+
 def _touch_studies(
-    *, session: Session, placed: list[_Placed], timing: StudyTiming
+    *, conn: Connection, statements: _Statements, placed: list[_Placed], timing: StudyTiming
 ) -> dict[str, uuid.UUID]:
     """Create or lock each distinct study once, then move its clock per instance in order."""
     first_at: dict[str, dt.datetime] = {}
     for p in placed:
         first_at.setdefault(p.request.header.StudyInstanceUID, p.request.received_at)
-    studies = _lock_studies(session=session, uids=list(first_at))
+    studies = _lock_studies(conn=conn, statements=statements, uids=list(first_at))
     missing = [uid for uid in first_at if uid not in studies]
     if missing:
         rows = [new_study(uid, first_at[uid]) for uid in missing]
-        session.execute(
-            insert_ignoring_conflicts(session, ImagingStudy), _by(rows, "StudyInstanceUID")
-        )
-        studies.update(_lock_studies(session=session, uids=missing))
+        conn.execute(statements.insert_studies, _column_keys(_by(rows, "StudyInstanceUID")))
+        studies.update(_lock_studies(conn=conn, statements=statements, uids=missing))
     # Read after the lock, in a statement of its own: on PostgreSQL a study locked after a
     # concurrent receiver reopened it must see that receiver's new version row too.
-    current = tuple_(DicomStudyVersion.study_id, DicomStudyVersion.version).in_(
-        [(study.id, study.version) for study in studies.values()]
-    )
-    versions = {v.study_id: v for v in session.scalars(select(DicomStudyVersion).where(current))}
+    keys = [(study.id, study.version) for study in studies.values()]
+    versions: dict[uuid.UUID, DicomStudyVersion] = {
+        study_id: DicomStudyVersion(study_id=study_id, version=number, started_at=started_at)
+        for study_id, number, started_at in conn.execute(
+            statements.current_versions, {"keys": keys}
+        )
+    }
+    new_versions: list[DicomStudyVersion] = []
     for p in placed:
         study = studies[p.request.header.StudyInstanceUID]
-        versions[study.id] = move_study_clock(
-            session=session,
+        current = versions.get(study.id)
+        moved = move_study_clock(
             study=study,
-            version=versions.get(study.id),
+            version=current,
             header=p.request.header,
             patient_id=p.patient_id,
             received_at=p.request.received_at,
             timing=timing,
         )
-    session.flush()
+        if moved is not current:
+            versions[study.id] = moved
+            new_versions.append(moved)
+    conn.execute(
+        statements.update_studies,
+        [
+            {"b_id": study.id, **{f"b_{name}": getattr(study, name) for name in _MOVED_COLUMNS}}
+            for study in sorted(studies.values(), key=lambda s: s.StudyInstanceUID)
+        ],
+    )
+    if new_versions:
+        conn.execute(
+            statements.insert_versions,
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "study_id": v.study_id,
+                    "version": v.version,
+                    "started_at": v.started_at,
+                }
+                for v in new_versions
+            ],
+        )
     return {uid: study.id for uid, study in studies.items()}
 
 
-def _lock_studies(*, session: Session, uids: list[str]) -> dict[str, ImagingStudy]:
-    """``SELECT ... FOR UPDATE`` the studies, in UID order, refreshing loaded objects."""
-    found = session.scalars(
-        select(ImagingStudy)
-        .where(ImagingStudy.StudyInstanceUID.in_(uids))
-        .order_by(ImagingStudy.StudyInstanceUID)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return {study.StudyInstanceUID: study for study in found}
+def _lock_studies(
+    *, conn: Connection, statements: _Statements, uids: list[str]
+) -> dict[str, _StudyRow]:
+    """``SELECT ... FOR UPDATE`` the studies, in UID order."""
+    found = conn.execute(statements.lock_studies, {"uids": uids})
+    return {row[1]: _StudyRow(*row) for row in found}
 
 
 def _series_ids(
-    *, session: Session, placed: list[_Placed], study_ids: Mapping[str, uuid.UUID]
+    *,
+    conn: Connection,
+    statements: _Statements,
+    placed: list[_Placed],
+    study_ids: Mapping[str, uuid.UUID],
 ) -> dict[str, uuid.UUID]:
     """Each distinct series' id, creating the missing ones from their first instance."""
     first: dict[str, InstanceHeader] = {}
     for p in placed:
         first.setdefault(p.request.header.SeriesInstanceUID, p.request.header)
-    ids = _find_series(session=session, uids=list(first))
+    ids = _find_series(conn=conn, statements=statements, uids=list(first))
     missing = [uid for uid in first if uid not in ids]
     if missing:
         rows = [new_series(first[uid], study_ids[first[uid].StudyInstanceUID]) for uid in missing]
-        session.execute(
-            insert_ignoring_conflicts(session, ImagingSeries), _by(rows, "SeriesInstanceUID")
-        )
-        ids.update(_find_series(session=session, uids=missing))
+        conn.execute(statements.insert_series, _column_keys(_by(rows, "SeriesInstanceUID")))
+        ids.update(_find_series(conn=conn, statements=statements, uids=missing))
     return ids
 
 
-def _find_series(*, session: Session, uids: list[str]) -> dict[str, uuid.UUID]:
-    rows = session.connection().execute(
-        select(ImagingSeries.SeriesInstanceUID, ImagingSeries.id).where(
-            ImagingSeries.SeriesInstanceUID.in_(uids)
-        )
-    )
-    return {uid: id_ for uid, id_ in rows}
+def _find_series(
+    *, conn: Connection, statements: _Statements, uids: list[str]
+) -> dict[str, uuid.UUID]:
+    return {uid: id_ for uid, id_ in conn.execute(statements.find_series, {"uids": uids})}
 
 
 def _table(model: type[Any]) -> Table:
     return cast(Table, model.__table__)
 
 
-def _column_keys(model: type[Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows keyed by the model's attribute names, keyed by its table's column names."""
-    keys = {attr: column.key for attr, column in sa_inspect(model).columns.items()}
-    return [{keys[attr]: value for attr, value in row.items()} for row in rows]
+#: Table column keys of the mapped attributes of studies, series and instances
+#: (``StudyInstanceUID`` is ``study_instance_uid``); the same name means the same column
+#: key in all three.
+_COLUMN_KEYS: dict[str, str] = {
+    attribute: str(column.key)
+    for model in (ImagingStudy, ImagingSeries, ImagingInstance)
+    for attribute, column in cast(Mapper[Any], sa_inspect(model)).columns.items()
+}
+
+
+def _column_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows keyed by attribute names (study, series, instance), keyed by column names."""
+    return [{_COLUMN_KEYS.get(attr, attr): value for attr, value in row.items()} for row in rows]
 
 
 def _by(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from typing import Protocol as TypingProtocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
@@ -250,8 +251,7 @@ def _touch_study(
             DicomStudyVersion.study_id == study.id, DicomStudyVersion.version == study.version
         )
     ).one_or_none()
-    move_study_clock(
-        session=session,
+    moved = move_study_clock(
         study=study,
         version=version,
         header=header,
@@ -259,6 +259,8 @@ def _touch_study(
         received_at=received_at,
         timing=timing,
     )
+    if moved is not version:
+        session.add(moved)
     session.flush()
     return study
 
@@ -275,10 +277,25 @@ def new_study(uid: str, received_at: dt.datetime) -> dict[str, Any]:
     }
 
 
+class StudyClock(TypingProtocol):
+    """The columns of a study row that :func:`move_study_clock` reads and moves: an
+    ``ImagingStudy`` object, or the plain row the batch indexer loads."""
+
+    id: uuid.UUID
+    state: StudyState
+    version: int
+    last_received_at: dt.datetime
+    completes_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    patient_id: uuid.UUID | None
+    AccessionNumber: str | None
+    StudyDescription: str | None
+    study_datetime: dt.datetime | None
+
+
 def move_study_clock(
     *,
-    session: Session,
-    study: ImagingStudy,
+    study: StudyClock,
     version: DicomStudyVersion | None,
     header: InstanceHeader,
     patient_id: uuid.UUID | None,
@@ -291,7 +308,8 @@ def move_study_clock(
         version: the study's current version row, ``None`` when it has none yet.
 
     Returns:
-        the current version row afterwards (added to the session when new).
+        the current version row afterwards: ``version`` itself, or a new row (not yet
+        added to any session) when the study had none or was complete and reopens.
     """
     if study.state is StudyState.COMPLETE or version is None:
         if study.state is StudyState.COMPLETE:
@@ -301,7 +319,6 @@ def move_study_clock(
         version = DicomStudyVersion(
             study_id=study.id, version=study.version, started_at=received_at
         )
-        session.add(version)
     quiet = timing.rules.quiet_period_s(
         [header.Modality or ""], [header.BodyPartExamined or ""], timing.quiet_period_s
     )

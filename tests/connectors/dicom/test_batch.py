@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cds.core.clinical import IdentifierIn
 from cds.core.db.models import (
     DicomStudyVersion,
     ImagingInstance,
@@ -19,10 +20,12 @@ from cds.core.db.models import (
     ImagingStudy,
     Patient,
     PatientIdentifier,
+    Protocol,
     SourceItem,
     StudyState,
 )
 from cds.core.errors import ConflictError
+from cds.core.repository.patients import merge_patients, resolve_patient
 from cds.core.settings import DicomDuplicatePolicy
 from connectors.dicom import batch as batch_module
 from connectors.dicom.batch import IndexRequest, IndexResult, index_batch
@@ -254,3 +257,44 @@ def test_a_failing_instance_fails_alone_and_leaves_nothing(session: Session) -> 
     assert rows(session, SourceItem) == 3 and rows(session, ImagingInstance) == 3
     study = session.scalars(select(ImagingStudy)).one()
     assert study.last_received_at == T0 + dt.timedelta(seconds=2)
+
+
+def test_a_known_patient_merged_into_another_places_items_on_the_survivor(
+    session: Session,
+) -> None:
+    batch(session, [request(header(1), b"one")])
+    merged = session.scalars(select(Patient.id)).one()
+    survivor = resolve_patient(
+        session=session, identifiers=[IdentifierIn(system="HOSP", value="MRN-99")]
+    )
+    merge_patients(session=session, surviving_id=survivor, merged_id=merged, merged_at=T0)
+    late = request(header(2, StudyInstanceUID=f"{STUDY}.2", SeriesInstanceUID=f"{STUDY}.2.1"), b"2")
+    assert batch(session, [late]) == [IndexOutcome.STORED]
+    item = session.scalars(select(SourceItem).where(SourceItem.item_id == f"{STUDY}.1.2")).one()
+    study = session.scalars(
+        select(ImagingStudy).where(ImagingStudy.StudyInstanceUID == f"{STUDY}.2")
+    )
+    assert item.patient_id == survivor and study.one().patient_id == survivor
+
+
+def test_items_held_under_a_known_patient_are_attached_by_the_next_batch(
+    session: Session,
+) -> None:
+    # A FHIR item held under the identifier while a concurrent transaction created it: the
+    # next instance of that patient attaches it, as ingesting one by one does.
+    batch(session, [request(header(1), b"one")])
+    patient = session.scalars(select(Patient.id)).one()
+    held = SourceItem(
+        protocol=Protocol.FHIR,
+        namespace="http://fhir.example",
+        item_id="Observation/1",
+        item_version="1",
+        content_sha256="0" * 64,
+        received_at=T0,
+        patient_ref="HOSP|MRN-42",
+    )
+    session.add(held)
+    session.flush()
+    assert batch(session, [request(header(2), b"two", 1)]) == [IndexOutcome.STORED]
+    session.refresh(held)
+    assert held.patient_id == patient
