@@ -4,15 +4,23 @@ The group-commit writer (:mod:`.writer`) hands over every instance that queued u
 was busy. One by one (:func:`.index.index_instance`) each costs about twenty statements;
 here the whole batch costs about a dozen, most of them multi-row:
 
-1. source items: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` on the dedup key; a
-   row not inserted was stored before: same bytes are a duplicate, other bytes follow the
-   duplicate policy (see :mod:`.index`);
-2. patients: :func:`~cds.core.repository.patients.resolve_patient` once per distinct
-   patient, and items held under its identifiers attached, as ``ingest_item`` does;
+1. patients: the batch's identifiers looked up in one statement (with whether items wait
+   under them, see :class:`_KnownPatients`); a patient not known yet (or merged away) goes
+   through :func:`~cds.core.repository.patients.resolve_patient` once per distinct
+   identifier set, and the items held under its identifiers are attached, as
+   ``ingest_item`` does;
+2. source items: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` on the dedup key, on
+   their patient when it is known; a row not inserted was stored before: same bytes are a
+   duplicate, other bytes follow the duplicate policy (see :mod:`.index`);
 3. studies and series: read (studies locked) once per distinct UID, the missing ones
    created with one ``INSERT ... ON CONFLICT DO NOTHING``; each instance then moves its
-   study's clock in batch order, exactly as it would alone (reopening a complete study);
+   study's clock in batch order, exactly as it would alone (reopening a complete study),
+   and the studies are written back in one ``executemany``;
 4. instances: one multi-row ``INSERT``.
+
+The statements are built once per dialect and run as Core statements on the session's
+connection: at the batch sizes a few associations give (one to four instances), building
+clauses and the ORM's unit of work cost more than the database itself.
 
 An instance whose SOPInstanceUID already occurred earlier in the batch goes into a later
 round, so it meets the earlier one's rows as it would one by one. Rows are inserted in UID

@@ -44,6 +44,13 @@ _DEFER_BYTES = 1024
 _KNOWN_VRS = frozenset(str(vr) for vr in VR)
 _IS = re.compile(rb"^ *[+-]?[0-9]{1,12} *$")
 _DS = re.compile(rb"^ *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *$")
+#: Every value of a multi-valued IS or DS well-formed: a quick accept, the per-value check
+#: (which also allows empty values) decides otherwise.
+_IS_ALL = re.compile(rb" *[+-]?[0-9]{1,12} *(?:\\ *[+-]?[0-9]{1,12} *)*")
+_DS_ALL = re.compile(
+    rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *"
+    rb"(?:\\ *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *)*"
+)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _OFFSET = re.compile(r"^([+-])([0-9]{2})([0-9]{2})$")
 
@@ -297,6 +304,9 @@ def _element_at(buf: bytes, pos: int, limit: int, *, implicit: bool) -> tuple[in
 
 
 def _numbers_ok(vr: bytes, value: bytes) -> bool:
+    trimmed = value.rstrip(b"\x00 ")
+    if (_IS_ALL if vr == b"IS" else _DS_ALL).fullmatch(trimmed):
+        return True
     pattern = _IS if vr == b"IS" else _DS
     return all(
         not part.strip() or pattern.match(part) for part in value.rstrip(b"\x00 ").split(b"\\")
