@@ -36,7 +36,7 @@ from connectors.dicom.header import InstanceHeader, MissingUIDError, read_header
 from connectors.dicom.index import IndexOutcome
 from connectors.dicom.metrics import DicomMetrics
 from connectors.dicom.store import ContentStore, StoredFile, SyncError
-from connectors.dicom.writer import IndexWriter
+from connectors.dicom.writer import IndexWriter, Reservation
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +149,15 @@ class InstanceReceiver:
         """Store and index one received data set; returns the status for the sender."""
         started = time.perf_counter()
         try:
-            result = self._receive(
-                dataset=dataset,
-                transfer_syntax=transfer_syntax,
-                sop_class=sop_class,
-                sop_instance=sop_instance,
-                sender=sender,
-            )
+            with self.writer.reservation() as place:
+                result = self._receive(
+                    place,
+                    dataset=dataset,
+                    transfer_syntax=transfer_syntax,
+                    sop_class=sop_class,
+                    sop_instance=sop_instance,
+                    sender=sender,
+                )
         except Exception as exc:  # the handler must answer; pynetdicom would send 0xC211
             logger.exception("C-STORE failed unexpectedly (%s)", type(exc).__name__)
             result = StoreResult(status.OUT_OF_RESOURCES_INTERNAL, "internal error")
@@ -164,6 +166,7 @@ class InstanceReceiver:
 
     def _receive(
         self,
+        place: Reservation[IndexRequest, IndexOutcome],
         *,
         dataset: bytes,
         transfer_syntax: str,
@@ -201,11 +204,17 @@ class InstanceReceiver:
             logger.error("C-STORE refused: %s", exc)
             return StoreResult(status.OUT_OF_RESOURCES_STORAGE, "storage unavailable")
         return self._index(
-            header=header, stored=stored, transfer_syntax=transfer_syntax, sender=sender
+            place, header=header, stored=stored, transfer_syntax=transfer_syntax, sender=sender
         )
 
     def _index(
-        self, *, header: InstanceHeader, stored: StoredFile, transfer_syntax: str, sender: str
+        self,
+        place: Reservation[IndexRequest, IndexOutcome],
+        *,
+        header: InstanceHeader,
+        stored: StoredFile,
+        transfer_syntax: str,
+        sender: str,
     ) -> StoreResult:
         request = IndexRequest(
             header=header,
@@ -215,7 +224,7 @@ class InstanceReceiver:
             received_at=utcnow(),
         )
         try:
-            outcome = self.writer.submit(request)
+            outcome = place.submit(request)
         except ConflictError:
             return StoreResult(
                 status.DUPLICATE_REJECTED, "SOP Instance UID already stored with other content"

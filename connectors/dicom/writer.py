@@ -14,6 +14,13 @@ round trip on PostgreSQL) and a few multi-row statements for a whole batch, and 
 single-writer lock is taken once per batch instead of being fought over by every
 association.
 
+A batch takes what is queued, and waits a little (at most ``gather_s``) for requests on
+their way: a receiving thread takes a :meth:`IndexWriter.reservation` before it reads the
+header and writes the file, and submits through it. While reservations are outstanding
+the writer holds its batch open for them, so parallel associations share one transaction
+instead of each paying a commit; a lone association, with nothing reserved, is never kept
+waiting.
+
 The batch function returns one result per request: a value, or the exception that this
 request alone failed with (its rows rolled back). A failed commit fails every request of
 the batch (none of them is acknowledged).
@@ -34,6 +41,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,6 +87,8 @@ class IndexWriter(Generic[R, T]):
             then answers out-of-resources; the sender retries). Defaults to 120 s.
         lock_path: file locked (``flock``) around each batch so that the writers of
             several processes take turns; ``None`` (default) for a single process.
+        gather_s: longest wait, per batch, for reserved requests to be submitted.
+            Defaults to 5 ms.
     """
 
     def __init__(
@@ -90,6 +100,7 @@ class IndexWriter(Generic[R, T]):
         max_batch: int = 64,
         wait_timeout_s: float = 120.0,
         lock_path: Path | None = None,
+        gather_s: float = 0.005,
     ) -> None:
         self.session_factory = session_factory
         self.index_batch = index_batch
@@ -99,6 +110,10 @@ class IndexWriter(Generic[R, T]):
         self.max_batch = max_batch
         self.wait_timeout_s = wait_timeout_s
         self.lock_path = lock_path
+        self.gather_s = gather_s
+        self._reserved = 0
+        self._last_batch = 1
+        self._reserved_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._queue: queue.Queue[_Job[R, T] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -126,17 +141,43 @@ class IndexWriter(Generic[R, T]):
         if fd is not None:
             os.close(fd)
 
-    def submit(self, request: R) -> T:
+    @contextlib.contextmanager
+    def reservation(self) -> Iterator[Reservation[R, T]]:
+        """A place in a coming batch, for a request still being received and stored.
+
+        Submit through the reservation; one that ends without submitting frees its place.
+        """
+        with self._reserved_lock:
+            self._reserved += 1
+        held = Reservation(self)
+        try:
+            yield held
+        finally:
+            held.release()
+
+    def unreserve(self) -> None:
+        """One reservation fewer (:meth:`Reservation.release` calls it)."""
+        with self._reserved_lock:
+            self._reserved -= 1
+
+    def submit(self, request: R, *, reservation: Reservation[R, T] | None = None) -> T:
         """Index ``request`` in the next batch and return its result once committed.
+
+        Args:
+            reservation: the request's reservation, freed once the request is queued.
 
         Raises:
             the error this request failed with (its rows were rolled back), the commit's
             error, or StorageError when the writer is not running or did not answer in time.
         """
-        if self._thread is None:
-            raise StorageError("index writer not running")
-        job: _Job[R, T] = _Job(request)
-        self._queue.put(job)
+        try:
+            if self._thread is None:
+                raise StorageError("index writer not running")
+            job: _Job[R, T] = _Job(request)
+            self._queue.put(job)
+        finally:
+            if reservation is not None:
+                reservation.release()
         if not job.done.wait(self.wait_timeout_s):
             raise StorageError("index commit did not complete in time")
         if job.error is not None:
@@ -151,16 +192,34 @@ class IndexWriter(Generic[R, T]):
                 break
             with self._turn():
                 batch = [first]
+                deadline = time.monotonic() + self.gather_s
                 while len(batch) < self.max_batch:
                     try:
-                        job = self._queue.get_nowait()
+                        job = self._next(deadline, len(batch))
                     except queue.Empty:
                         break
                     if job is None:
                         stopping = True
                         break
                     batch.append(job)
+                self._last_batch = len(batch)
                 self._commit(batch)
+
+    def _next(self, deadline: float, gathered: int) -> _Job[R, T] | None:
+        """The next queued request; while some are reserved, or fewer than the last batch
+        held are gathered, wait for one until ``deadline``.
+
+        Raises:
+            queue.Empty: nothing queued, and nothing to wait for or the deadline passed.
+        """
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            remaining = deadline - time.monotonic()
+            expected = self._reserved > 0 or gathered < self._last_batch
+            if not expected or remaining <= 0:
+                raise
+            return self._queue.get(timeout=remaining)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -208,3 +267,23 @@ class IndexWriter(Generic[R, T]):
         finally:
             for job in batch:
                 job.done.set()
+
+
+class Reservation(Generic[R, T]):
+    """A request's place in a coming batch (:meth:`IndexWriter.reservation`)."""
+
+    __slots__ = ("_held", "_writer")
+
+    def __init__(self, writer: IndexWriter[R, T]) -> None:
+        self._writer = writer
+        self._held = True
+
+    def submit(self, request: R) -> T:
+        """:meth:`IndexWriter.submit` through this reservation."""
+        return self._writer.submit(request, reservation=self)
+
+    def release(self) -> None:
+        """Free the place (idempotent)."""
+        if self._held:
+            self._held = False
+            self._writer.unreserve()

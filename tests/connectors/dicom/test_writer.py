@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors.dicom.store import SyncError
-from connectors.dicom.writer import IndexWriter
+from connectors.dicom.writer import BatchFunction, IndexWriter
 
 
 def factory() -> sessionmaker[Session]:
@@ -164,3 +164,90 @@ def test_the_sync_defaults_to_the_batch_functions_own() -> None:
         assert synced == [[7]]
     finally:
         writer.stop()
+
+
+def _recording_batches() -> tuple[list[list[int]], BatchFunction[int, int]]:
+    batches: list[list[int]] = []
+
+    def record(_session: Session, requests: Sequence[int]) -> list[int | Exception]:
+        batches.append(list(requests))
+        return list(requests)
+
+    return batches, record
+
+
+def test_a_batch_waits_for_a_reserved_request_to_arrive() -> None:
+    batches, record = _recording_batches()
+    writer: IndexWriter[int, int] = IndexWriter(factory(), record, gather_s=5.0)
+    writer.start()
+    results: dict[int, int] = {}
+    try:
+        with writer.reservation() as place:
+            first = threading.Thread(target=lambda: results.update({1: writer.submit(1)}))
+            first.start()
+            time.sleep(0.2)  # the writer has the first request, and holds its batch open
+            assert not batches
+            results[2] = place.submit(2)
+        first.join(5)
+    finally:
+        writer.stop()
+    assert results == {1: 1, 2: 2}
+    assert batches == [[1, 2]]
+
+
+def test_a_lone_request_is_not_kept_waiting_and_a_dropped_reservation_frees_its_place() -> None:
+    batches, record = _recording_batches()
+    writer: IndexWriter[int, int] = IndexWriter(factory(), record, gather_s=5.0)
+    writer.start()
+    try:
+        started = time.monotonic()
+        assert writer.submit(1) == 1
+        with writer.reservation():
+            pass  # a request that failed before it was stored: never submitted
+        assert writer.submit(2) == 2
+        assert time.monotonic() - started < 4.0  # neither waited for the 5 s gather
+    finally:
+        writer.stop()
+    assert batches == [[1], [2]]
+
+
+def test_after_a_batch_of_four_the_writer_waits_for_the_fourth_request() -> None:
+    # As associations sending in parallel do: each sends its next instance as soon as its
+    # answer comes, one of them a little late; the batch waits for it instead of committing
+    # three and then one.
+    batches: list[list[int]] = []
+    queued_behind = threading.Event()
+
+    def record(_session: Session, requests: Sequence[int]) -> list[int | Exception]:
+        if requests == [0]:
+            queued_behind.wait(5)  # requests 1-4 queue up behind this batch
+        batches.append(sorted(requests))
+        return list(requests)
+
+    writer: IndexWriter[int, int] = IndexWriter(factory(), record, gather_s=5.0)
+    writer.start()
+
+    def submit_later(n: int, delay: float) -> threading.Thread:
+        def run() -> None:
+            time.sleep(delay)
+            writer.submit(n)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    try:
+        first = submit_later(0, 0)
+        time.sleep(0.1)
+        behind = [submit_later(n, 0) for n in (1, 2, 3, 4)]
+        time.sleep(0.2)
+        queued_behind.set()
+        for thread in [first, *behind]:
+            thread.join(5)
+        assert batches == [[0], [1, 2, 3, 4]]
+        threads = [submit_later(n, 0) for n in (5, 6, 7)] + [submit_later(8, 0.3)]
+        for thread in threads:
+            thread.join(10)
+    finally:
+        writer.stop()
+    assert batches[2:] == [[5, 6, 7, 8]]
