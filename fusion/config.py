@@ -86,6 +86,9 @@ class TrainConfig:
             from each modality's pooled tokens, training each encoder to stand alone,
             on every patient that has the modality, before modality dropout); 0 builds
             no auxiliary heads. Defaults to 0.0.
+        auxiliary_modality_weights: Per-modality factors on ``auxiliary_weight`` (a
+            modality not named keeps 1), for an encoder that needs more pressure to
+            stand alone than the others. Defaults to none.
         single_view_weight: Weight of the loss of the single-modality views: every
             training patient is also scored on each of its present modalities alone
             (plus demographics), from the same encoder pass, and each modality's view
@@ -103,6 +106,7 @@ class TrainConfig:
     modality_dropout: float = 0.3
     single_modality_rate: float = 0.0
     auxiliary_weight: float = 0.0
+    auxiliary_modality_weights: dict[str, float] = field(default_factory=dict)
     single_view_weight: float = 0.0
     ema_decay: float = 0.0
     seed: int = 0
@@ -157,6 +161,7 @@ class FusionConfig:
         if self.fusion not in FUSION_KINDS:
             raise ConfigError(f"fusion must be one of {FUSION_KINDS}, not {self.fusion!r}")
         unknown = set(self.modalities) | set(self.required_modalities)
+        unknown |= set(self.train.auxiliary_modality_weights)
         unknown -= set(MODALITIES)
         if unknown:
             raise ConfigError(f"unknown modalities {sorted(unknown)}; known: {MODALITIES}")

@@ -273,14 +273,22 @@ def _new_run(model: FusionModel, n_train: int) -> _Run:
 
 
 def _auxiliary_loss(
-    auxiliary: torch.Tensor, present: torch.Tensor, target: torch.Tensor
+    auxiliary: torch.Tensor,
+    present: torch.Tensor,
+    target: torch.Tensor,
+    factors: dict[str, float] | None = None,
 ) -> torch.Tensor:
-    """Mean BCE of per-modality logits (B, 4) over the modalities present."""
+    """Mean BCE of per-modality logits (B, 4) over the modalities present.
+
+    ``factors`` scales the loss of the named modalities (others keep 1); the mean is
+    still taken over the modalities present, so the factors move weight between encoders.
+    """
     losses = torch.nn.functional.binary_cross_entropy_with_logits(
         auxiliary, target.unsqueeze(1).expand_as(auxiliary), reduction="none"
     )
     weight = present.to(losses.dtype)
-    return (losses * weight).sum() / weight.sum().clamp(min=1.0)
+    scale = losses.new_tensor([(factors or {}).get(m, 1.0) for m in MODALITIES])
+    return (losses * weight * scale).sum() / weight.sum().clamp(min=1.0)
 
 
 def _training_loss(
@@ -289,7 +297,9 @@ def _training_loss(
     """BCE of the training view plus the weighted auxiliary and single-view losses."""
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits.float(), target)
     if out.auxiliary is not None:
-        auxiliary = _auxiliary_loss(out.auxiliary.float(), out.present, target)
+        auxiliary = _auxiliary_loss(
+            out.auxiliary.float(), out.present, target, settings.auxiliary_modality_weights
+        )
         loss = loss + settings.auxiliary_weight * auxiliary
     if out.single is not None:
         single = _per_modality_loss(out.single.float(), out.present, target)

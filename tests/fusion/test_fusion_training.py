@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fusion import training
-from fusion.config import preset
+from fusion.config import FusionConfig, preset
+from fusion.errors import ConfigError
 from fusion.features import Featurizer
 from fusion.metrics import auroc
 from fusion.synthetic import generate_cohort
@@ -192,3 +193,24 @@ def test_each_single_view_counts_like_a_whole_single_modality_loss() -> None:
     image = bce(torch.tensor(0.0), torch.tensor(1.0))  # one patient has an image
     notes = bce(torch.tensor([2.0, -2.0]), target)  # both have notes
     assert torch.isclose(training._per_modality_loss(logits, present, target), image + notes)
+
+
+def test_auxiliary_factors_move_weight_between_encoders() -> None:
+    logits = torch.tensor([[0.5, 2.0, 0.0, 0.0], [0.0, -2.0, 0.0, 0.0]])
+    present = torch.tensor([[True, True, False, False], [False, True, False, False]])
+    target = torch.tensor([1.0, 0.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    image = bce(torch.tensor(0.5), torch.tensor(1.0))
+    notes = bce(torch.tensor([2.0, -2.0]), target, reduction="sum")
+    plain = training._auxiliary_loss(logits, present, target)
+    assert torch.isclose(plain, (image + notes) / 3)  # a mean over the 3 modalities present
+    weighted = training._auxiliary_loss(logits, present, target, {"image": 3.0})
+    assert torch.isclose(weighted, (3 * image + notes) / 3)
+
+
+def test_auxiliary_factors_name_known_modalities() -> None:
+    config = preset("tiny")
+    data = config.to_dict()
+    data["train"]["auxiliary_modality_weights"] = {"xray": 2.0}
+    with pytest.raises(ConfigError, match="xray"):
+        FusionConfig.from_dict(data)
