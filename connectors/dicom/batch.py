@@ -33,6 +33,7 @@ and nothing of it is half-stored.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -43,7 +44,6 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, select, tuple_, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapper, Session
 
 from cds.core.clinical import IdentifierIn
@@ -58,6 +58,7 @@ from cds.core.db.models import (
     SourceItem,
     StudyState,
 )
+from cds.core.db.upsert import insert_ignoring_conflicts_for
 from cds.core.errors import ConflictError
 from cds.core.repository.ingest import patient_ref_key
 from cds.core.repository.patients import attach_held_items, canonical_system, resolve_patient
@@ -237,8 +238,9 @@ def _index_round(
     known = _known_patients(
         conn=conn, statements=statements, requests=requests, issuer_map=issuer_map
     )
+    patients = {r.header.SOPInstanceUID: known.patient_of(r.header) for r in requests}
     inserted = _insert_source_items(
-        conn=conn, statements=statements, requests=requests, known=known
+        conn=conn, statements=statements, requests=requests, patients=patients
     )
     placed: list[tuple[int, _Placed]] = []
     earlier = [r for r in requests if r.header.SOPInstanceUID not in inserted]
@@ -246,8 +248,7 @@ def _index_round(
     for i, request in enumerate(requests):
         uid = request.header.SOPInstanceUID
         if uid in inserted:
-            patient_id = known.patient_of(request.header)
-            placed.append((i, _Placed(request, inserted[uid], patient_id, replaced=False)))
+            placed.append((i, _Placed(request, inserted[uid], patients[uid], replaced=False)))
             continue
         existing_id, existing_sha = stored_before[uid]
         if existing_sha == request.stored.sha256:
@@ -329,19 +330,26 @@ class _Statements:
 
 _STATEMENTS: dict[str, _Statements] = {}
 
-_STUDY_COLUMNS = (
-    "id",
-    "StudyInstanceUID",
-    "patient_id",
-    "AccessionNumber",
-    "study_datetime",
-    "StudyDescription",
-    "state",
-    "version",
-    "last_received_at",
-    "completes_at",
-    "completed_at",
-)
+
+@dataclass(slots=True)
+class _StudyRow:
+    """A locked study as a plain row (see :class:`~connectors.dicom.index.StudyClock`)."""
+
+    id: uuid.UUID
+    StudyInstanceUID: str
+    patient_id: uuid.UUID | None
+    AccessionNumber: str | None
+    study_datetime: dt.datetime | None
+    StudyDescription: str | None
+    state: StudyState
+    version: int
+    last_received_at: dt.datetime
+    completes_at: dt.datetime | None
+    completed_at: dt.datetime | None
+
+
+#: The study columns a round reads, in :class:`_StudyRow`'s order.
+_STUDY_COLUMNS = tuple(f.name for f in dataclasses.fields(_StudyRow))
 #: Study columns a round may move (``move_study_clock``), written back by id.
 _MOVED_COLUMNS = _STUDY_COLUMNS[2:]
 
@@ -350,7 +358,6 @@ def _statements(dialect: str) -> _Statements:
     found = _STATEMENTS.get(dialect)
     if found is not None:
         return found
-    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
     source, study, version = _table(SourceItem), _table(ImagingStudy), _table(DicomStudyVersion)
     series = _table(ImagingSeries)
     held = (
@@ -376,9 +383,9 @@ def _statements(dialect: str) -> _Statements:
                 bindparam("keys", expanding=True)
             )
         ),
-        insert_source_items=insert(source)
-        .on_conflict_do_nothing()
-        .returning(source.c.item_id, source.c.id),
+        insert_source_items=insert_ignoring_conflicts_for(dialect, source).returning(
+            source.c.item_id, source.c.id
+        ),
         stored_before=select(SourceItem.item_id, SourceItem.id, SourceItem.content_sha256).where(
             SourceItem.protocol == Protocol.DICOM,
             SourceItem.namespace == "",
@@ -389,7 +396,7 @@ def _statements(dialect: str) -> _Statements:
         .where(ImagingStudy.StudyInstanceUID.in_(bindparam("uids", expanding=True)))
         .order_by(ImagingStudy.StudyInstanceUID)
         .with_for_update(),
-        insert_studies=insert(study).on_conflict_do_nothing(),
+        insert_studies=insert_ignoring_conflicts_for(dialect, study),
         current_versions=select(
             DicomStudyVersion.study_id, DicomStudyVersion.version, DicomStudyVersion.started_at
         ).where(
@@ -398,11 +405,11 @@ def _statements(dialect: str) -> _Statements:
             )
         ),
         update_studies=update(study).where(study.c.id == bindparam("b_id")).values(moved),
-        insert_versions=insert(version),
+        insert_versions=version.insert(),
         find_series=select(ImagingSeries.SeriesInstanceUID, ImagingSeries.id).where(
             ImagingSeries.SeriesInstanceUID.in_(bindparam("uids", expanding=True))
         ),
-        insert_series=insert(series).on_conflict_do_nothing(),
+        insert_series=insert_ignoring_conflicts_for(dialect, series),
         insert_instances=_table(ImagingInstance).insert(),
     )
     _STATEMENTS[dialect] = built
@@ -464,10 +471,10 @@ def _insert_source_items(
     conn: Connection,
     statements: _Statements,
     requests: list[IndexRequest],
-    known: _KnownPatients,
+    patients: Mapping[str, uuid.UUID | None],
 ) -> dict[str, uuid.UUID]:
-    """Insert the source items that are new, on their patient when it is known already;
-    their ids by SOPInstanceUID."""
+    """Insert the source items that are new, on their patient when it is known already
+    (``patients`` by SOPInstanceUID); their ids by SOPInstanceUID."""
     rows = [
         {
             "id": uuid.uuid4(),
@@ -481,7 +488,7 @@ def _insert_source_items(
             "size_bytes": r.stored.size_bytes,
             "storage_key": r.stored.storage_key,
             "received_at": r.received_at,
-            "patient_id": known.patient_of(r.header),
+            "patient_id": patients[r.header.SOPInstanceUID],
         }
         for r in requests
     ]
@@ -533,23 +540,6 @@ def _place_new_patients(
 def _attach_held(*, session: Session, known: _KnownPatients) -> None:
     for patient_ref, patient_id in known.held.items():
         attach_held_items(session=session, patient_id=patient_id, patient_ref=patient_ref)
-
-
-@dataclass(slots=True)
-class _StudyRow:
-    """A locked study as a plain row (see :class:`~connectors.dicom.index.StudyClock`)."""
-
-    id: uuid.UUID
-    StudyInstanceUID: str
-    patient_id: uuid.UUID | None
-    AccessionNumber: str | None
-    study_datetime: dt.datetime | None
-    StudyDescription: str | None
-    state: StudyState
-    version: int
-    last_received_at: dt.datetime
-    completes_at: dt.datetime | None
-    completed_at: dt.datetime | None
 
 
 def _touch_studies(

@@ -16,10 +16,11 @@ association.
 
 A batch takes what is queued, and waits a little (at most ``gather_s``) for requests on
 their way: a receiving thread takes a :meth:`IndexWriter.reservation` before it reads the
-header and writes the file, and submits through it. While reservations are outstanding
-the writer holds its batch open for them, so parallel associations share one transaction
-instead of each paying a commit; a lone association, with nothing reserved, is never kept
-waiting.
+header and writes the file, and submits through it. While reservations are outstanding,
+or fewer requests are gathered than the last batch held (associations sending in step
+come back together), the writer holds its batch open, so parallel associations share one
+transaction instead of each paying a commit; a lone association, with nothing reserved
+and a last batch of one, is never kept waiting.
 
 The batch function returns one result per request: a value, or the exception that this
 request alone failed with (its rows rolled back). A failed commit fails every request of

@@ -24,7 +24,15 @@ def insert_ignoring_conflicts(
         target: a mapped class or a table.
         index: the conflict target's columns; ``None`` means any unique constraint.
     """
-    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return insert_ignoring_conflicts_for(session.get_bind().dialect.name, target, index)
+
+
+def insert_ignoring_conflicts_for(
+    dialect: str, target: type[Any] | Table, index: list[str] | None = None
+) -> postgresql.Insert | sqlite.Insert:
+    """:func:`insert_ignoring_conflicts` for a dialect named ``postgresql`` or ``sqlite``,
+    for statements built once per dialect rather than per session."""
+    module: Any = postgresql if dialect == "postgresql" else sqlite
     statement = module.insert(target)
     if index is None:
         return statement.on_conflict_do_nothing()  # type: ignore[no-any-return]
