@@ -94,6 +94,12 @@ class TrainConfig:
             (plus demographics), from the same encoder pass, and each modality's view
             loss (mean over the patients that have it) counts like the whole loss of a
             single-modality model; 0 disables them. Defaults to 0.0.
+        distill_weight: Share of the single-modality teachers in the targets of the
+            single-modality views (uni-modal teacher distillation, after Du et al.,
+            "Improving Multi-Modal Learning with Uni-Modal Teachers", 2021): the view of
+            modality m learns ``(1 - w) * label + w * teacher_m`` with ``teacher_m`` the
+            probability given by the single-modality model of m, trained first on the
+            same split. Needs ``single_view_weight`` > 0; 0 (no teachers) by default.
         ema_decay: Exponential moving average of the weights (validated, kept and
             saved instead of the raw weights); 0 disables it. Defaults to 0.0.
         seed: Seed for data order, dropout and initialisation. Defaults to 0.
@@ -108,6 +114,7 @@ class TrainConfig:
     auxiliary_weight: float = 0.0
     auxiliary_modality_weights: dict[str, float] = field(default_factory=dict)
     single_view_weight: float = 0.0
+    distill_weight: float = 0.0
     ema_decay: float = 0.0
     seed: int = 0
 
@@ -171,6 +178,10 @@ class FusionConfig:
             raise ConfigError("d_model must be a multiple of num_heads")
         if not 0.0 < self.coverage < 1.0:
             raise ConfigError("coverage must lie strictly between 0 and 1")
+        if not 0.0 <= self.train.distill_weight <= 1.0:
+            raise ConfigError("train.distill_weight must lie between 0 and 1")
+        if self.train.distill_weight > 0 and self.train.single_view_weight <= 0:
+            raise ConfigError("train.distill_weight needs train.single_view_weight > 0")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""

@@ -23,10 +23,19 @@ import torch
 from fusion.checkpoint import default_model_card, save_checkpoint
 from fusion.config import FusionConfig
 from fusion.features import EncodedBundle, Featurizer
+from fusion.inputs import MODALITIES
 from fusion.metrics import auroc, brier
+from fusion.model.network import FusionModel
 from fusion.synthetic import generate_cohort
 from fusion.synthetic.cohort import DEFAULT_MISSING_RATES
-from fusion.training import ABLATIONS, build_model, calibrate, config_for_ablation, fit
+from fusion.training import (
+    ABLATIONS,
+    build_model,
+    calibrate,
+    config_for_ablation,
+    fit,
+    teacher_probabilities,
+)
 from fusion.training import predict_logits as _predict_logits
 
 logger = logging.getLogger(__name__)
@@ -69,7 +78,10 @@ def _train_one(
     show_progress: bool,
     version: str,
     training_data: dict[str, Any],
-) -> str:
+    teachers: np.ndarray | None = None,
+) -> tuple[str, FusionModel]:
+    """Fit, calibrate and save one model; returns (checkpoint sha256, the model on CPU)."""
+
     def pick(name: str) -> list[EncodedBundle]:
         return [encoded[i] for i in splits[name]]
 
@@ -88,6 +100,7 @@ def _train_one(
         device=device,
         state_path=state_path,
         show_progress=show_progress,
+        teacher_probabilities=teachers,
     )
     calibration = calibrate(
         model, pick("calibration"), labels[splits["calibration"]], device=device
@@ -103,7 +116,7 @@ def _train_one(
         "history": history,
         "note": "held-out test metrics: run `cdsfusion evaluate` (metrics.json)",
     }
-    return save_checkpoint(
+    digest = save_checkpoint(
         output_dir,
         model=model.cpu(),
         featurizer=featurizer,
@@ -111,6 +124,7 @@ def _train_one(
         model_card=card,
         version=version,
     )
+    return digest, model
 
 
 def train_on_synthetic(
@@ -137,7 +151,9 @@ def train_on_synthetic(
         device: Torch device; bf16 autocast on CUDA.
         resume: Continue from ``train_state.pt`` files left by an interrupted run.
         ablations: Also train the baselines and single-modality models of
-            :data:`~fusion.training.ABLATIONS` for ``cdsfusion evaluate``.
+            :data:`~fusion.training.ABLATIONS` for ``cdsfusion evaluate``. With
+            ``config.train.distill_weight`` > 0 the single-modality models are trained
+            in any case, first: they are the teachers.
         show_progress: Progress bars. Defaults to True.
         version: Version recorded in the checkpoint. Defaults to ``0.1.0``.
         missing_rates: Missingness of the cohort; defaults to DEFAULT_MISSING_RATES.
@@ -166,13 +182,22 @@ def train_on_synthetic(
         "prevalence": float(labels[:n_patients].mean()),
     }
     root = Path(output_dir)
-    runs = [(config, root)]
-    if ablations:
-        runs += [(config_for_ablation(config, a), root / ABLATIONS_DIR / a) for a in ABLATIONS]
-    written = {}
+    distilled = config.train.distill_weight > 0
+    teacher_names = [f"only_{m}" for m in MODALITIES] if distilled else []
+    names = teacher_names + [a for a in ABLATIONS if ablations and a not in teacher_names]
+    runs = [(config_for_ablation(config, a), root / ABLATIONS_DIR / a) for a in names]
+    # With distillation the single-modality teachers train first; the fused model (and the
+    # multimodal baselines, on the same recipe) then learn from them.
+    runs.insert(len(teacher_names), (config, root))
+    written: dict[str, str] = {}
+    teachers: dict[str, FusionModel] = {}
+    soft_targets: np.ndarray | None = None
     for run_config, directory in runs:
+        if distilled and soft_targets is None and len(teachers) == len(MODALITIES):
+            train_items = [encoded[i] for i in splits["train"]]
+            soft_targets = teacher_probabilities(teachers, train_items, device=device)
         logger.info("training %s", run_config.name)
-        written[run_config.name] = _train_one(
+        written[run_config.name], model = _train_one(
             run_config,
             featurizer,
             encoded,
@@ -184,5 +209,8 @@ def train_on_synthetic(
             show_progress=show_progress,
             version=version,
             training_data=training_data,
+            teachers=soft_targets if run_config.train.distill_weight > 0 else None,
         )
+        if distilled and len(run_config.modalities) == 1:
+            teachers[run_config.modalities[0]] = model
     return written

@@ -292,9 +292,16 @@ def _auxiliary_loss(
 
 
 def _training_loss(
-    out: TrainingOutputs, target: torch.Tensor, settings: TrainConfig
+    out: TrainingOutputs,
+    target: torch.Tensor,
+    settings: TrainConfig,
+    teacher: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """BCE of the training view plus the weighted auxiliary and single-view losses."""
+    """BCE of the training view plus the weighted auxiliary and single-view losses.
+
+    ``teacher`` (B, 4): the single-modality teachers' probabilities, mixed into the
+    targets of the single-modality views with weight ``settings.distill_weight``.
+    """
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits.float(), target)
     if out.auxiliary is not None:
         auxiliary = _auxiliary_loss(
@@ -302,7 +309,11 @@ def _training_loss(
         )
         loss = loss + settings.auxiliary_weight * auxiliary
     if out.single is not None:
-        single = _per_modality_loss(out.single.float(), out.present, target)
+        view_target = target.unsqueeze(1).expand_as(out.single)
+        if teacher is not None and settings.distill_weight > 0:
+            w = settings.distill_weight
+            view_target = (1.0 - w) * view_target + w * teacher.to(view_target)
+        single = _per_modality_loss(out.single.float(), out.present, view_target)
         loss = loss + settings.single_view_weight * single
     return loss
 
@@ -312,12 +323,13 @@ def _per_modality_loss(
 ) -> torch.Tensor:
     """Sum over modalities of the mean BCE of that modality's single view (B, 4).
 
-    Each single-modality view weighs like the whole loss of a single-modality model,
-    whatever the number of modalities a patient has.
+    ``target`` is (B,) labels, or (B, 4) soft targets per view. Each single-modality view
+    weighs like the whole loss of a single-modality model, whatever the number of
+    modalities a patient has.
     """
-    losses = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, target.unsqueeze(1).expand_as(logits), reduction="none"
-    )
+    if target.dim() == 1:
+        target = target.unsqueeze(1).expand_as(logits)
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
     weight = present.to(losses.dtype)
     per_modality = (losses * weight).sum(dim=0) / weight.sum(dim=0).clamp(min=1.0)
     return per_modality.sum()
@@ -331,6 +343,7 @@ def _train_epoch(
     epoch: int,
     device: torch.device,
     show_progress: bool,
+    teacher: torch.Tensor | None = None,
 ) -> float:
     model, settings = run.model, run.model.config.train
     rng = np.random.default_rng([settings.seed, epoch])
@@ -359,7 +372,9 @@ def _train_epoch(
                 torch.from_numpy(hidden).to(device),
                 single_views=settings.single_view_weight > 0,
             )
-        loss = _training_loss(out, target, settings)
+        loss = _training_loss(
+            out, target, settings, None if teacher is None else teacher[index].to(device)
+        )
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -383,6 +398,7 @@ def fit(
     device: torch.device | str = "cpu",
     state_path: Path | None = None,
     show_progress: bool = True,
+    teacher_probabilities: np.ndarray | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` in place; keep the weights of the epoch with the lowest val loss.
 
@@ -390,7 +406,8 @@ def fit(
     binary cross-entropy, modality dropout (``config.train.modality_dropout`` and
     ``single_modality_rate``, see :func:`modality_dropout_mask`), plus
     ``auxiliary_weight`` times the loss of per-modality auxiliary heads and
-    ``single_view_weight`` times the loss of the single-modality views. With
+    ``single_view_weight`` times the loss of the single-modality views (whose targets
+    mix in the single-modality teachers' probabilities with ``distill_weight``). With
     ``ema_decay`` > 0 the weights validated and kept are an exponential moving average
     of the training weights (:meth:`_Run.update_ema`), which are smoother, and so
     better calibrated, than a snapshot taken mid-schedule. Every
@@ -405,10 +422,27 @@ def fit(
         state_path: Where the resumable training state is written after each epoch and
             read at the start when it exists. None disables resuming.
         show_progress: Show a progress bar. Defaults to True.
+        teacher_probabilities: (len(train_items), 4) probabilities of the
+            single-modality teachers, in MODALITIES order (see
+            :func:`teacher_probabilities`); needed when ``distill_weight`` > 0.
 
     Returns:
         History with ``train_loss`` and ``val_loss`` per epoch.
+
+    Raises:
+        ValueError: When ``distill_weight`` > 0 and no teacher probabilities (or the
+            wrong number of them) are given.
     """
+    teacher = None
+    if model.config.train.distill_weight > 0:
+        if teacher_probabilities is None:
+            raise ValueError("distill_weight > 0 needs the teachers' probabilities")
+        teacher = torch.as_tensor(np.asarray(teacher_probabilities, dtype=np.float32))
+        if teacher.shape != (len(train_items), len(MODALITIES)):
+            raise ValueError(
+                f"teacher probabilities must be ({len(train_items)}, {len(MODALITIES)}),"
+                f" not {tuple(teacher.shape)}"
+            )
     device = torch.device(device)
     model.to(device)
     run = _new_run(model, len(train_items))
@@ -418,7 +452,13 @@ def fit(
     labels = torch.from_numpy(np.asarray(train_labels, dtype=np.float32))
     for epoch in range(run.epoch + 1, model.config.train.epochs):
         train_loss = _train_epoch(
-            run, train_items, labels, epoch=epoch, device=device, show_progress=show_progress
+            run,
+            train_items,
+            labels,
+            epoch=epoch,
+            device=device,
+            show_progress=show_progress,
+            teacher=teacher,
         )
         weights = run.evaluated_weights()
         live = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -508,11 +548,46 @@ def build_model(config: FusionConfig, n_codes: int, vocab_size: int) -> FusionMo
 
 
 def config_for_ablation(config: FusionConfig, ablation: str) -> FusionConfig:
-    """The config of a named ablation: a fusion kind or ``only_<modality>``."""
+    """The config of a named ablation: a fusion kind or ``only_<modality>``.
+
+    A single-modality model is a teacher, never distilled itself (``distill_weight`` 0).
+    """
     if ablation.startswith("only_"):
         modality = ablation.removeprefix("only_")
-        return config.replace(name=f"{config.name}-{ablation}", modalities=(modality,))
+        single = config.replace(name=f"{config.name}-{ablation}", modalities=(modality,))
+        single.train.distill_weight = 0.0
+        return single
     return config.replace(name=f"{config.name}-{ablation}", fusion=ablation)
+
+
+def teacher_probabilities(
+    teachers: dict[str, FusionModel],
+    items: Sequence[EncodedBundle],
+    *,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Each single-modality teacher's probability for every item, for distillation.
+
+    Args:
+        teachers: Modality -> its single-modality model, for every modality.
+        items: The training bundles.
+        device: Torch device.
+
+    Returns:
+        (len(items), 4) float32 probabilities in MODALITIES order (meaningful where the
+        item has the modality; the loss ignores the others).
+
+    Raises:
+        ValueError: When a modality has no teacher, or a teacher sees other modalities.
+    """
+    columns = []
+    for modality in MODALITIES:
+        teacher = teachers.get(modality)
+        if teacher is None or tuple(teacher.config.modalities) != (modality,):
+            raise ValueError(f"no single-modality teacher for {modality!r}")
+        logits = predict_logits(teacher, items, device=device)
+        columns.append(1.0 / (1.0 + np.exp(-logits)))
+    return np.stack(columns, axis=1).astype(np.float32)
 
 
 ABLATIONS: tuple[str, ...] = (

@@ -214,3 +214,93 @@ def test_auxiliary_factors_name_known_modalities() -> None:
     data["train"]["auxiliary_modality_weights"] = {"xray": 2.0}
     with pytest.raises(ConfigError, match="xray"):
         FusionConfig.from_dict(data)
+
+
+def test_distillation_mixes_the_teachers_into_the_single_view_targets() -> None:
+    from fusion.model.network import TrainingOutputs
+
+    single = torch.tensor([[0.5, 1.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0]])
+    present = torch.tensor([[True, True, False, False], [False, True, False, False]])
+    out = TrainingOutputs(torch.zeros(2), present, None, single)
+    target = torch.tensor([1.0, 0.0])
+    teacher = torch.tensor([[0.8, 0.6, 0.5, 0.5], [0.3, 0.1, 0.5, 0.5]])
+    settings = preset("tiny").train
+    settings.single_view_weight = 1.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    fused = bce(torch.zeros(2), target)
+    hard = training._training_loss(out, target, settings, teacher)
+    assert torch.isclose(hard, fused + training._per_modality_loss(single, present, target))
+    settings.distill_weight = 0.25
+    soft = training._training_loss(out, target, settings, teacher)
+    image = bce(torch.tensor(0.5), torch.tensor(0.75 * 1.0 + 0.25 * 0.8))
+    notes = bce(torch.tensor([1.0, -1.0]), torch.tensor([0.75 + 0.25 * 0.6, 0.25 * 0.1]))
+    assert torch.isclose(soft, fused + image + notes)
+
+
+def test_distillation_needs_single_views_and_a_weight_in_range() -> None:
+    data = preset("tiny").to_dict()
+    data["train"]["distill_weight"] = 0.5
+    with pytest.raises(ConfigError, match="single_view_weight"):
+        FusionConfig.from_dict(data)
+    data["train"]["single_view_weight"] = 1.0
+    assert FusionConfig.from_dict(data).train.distill_weight == 0.5
+    data["train"]["distill_weight"] = 1.5
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        FusionConfig.from_dict(data)
+    teacher = training.config_for_ablation(
+        FusionConfig.from_dict({**data, "train": {**data["train"], "distill_weight": 0.5}}),
+        "only_notes",
+    )
+    assert teacher.train.distill_weight == 0.0 and teacher.modalities == ("notes",)
+
+
+def test_fit_refuses_distillation_without_teachers(data: dict[str, object]) -> None:
+    featurizer = data["featurizer"]
+    assert isinstance(featurizer, Featurizer)
+    config = preset("tiny")
+    config.train.single_view_weight, config.train.distill_weight = 1.0, 0.5
+    model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
+    items, labels = data["train"], data["train_y"]
+    assert isinstance(items, list) and isinstance(labels, np.ndarray)
+    with pytest.raises(ValueError, match="teachers"):
+        fit(model, items[:50], labels[:50], items[50:60], labels[50:60], show_progress=False)
+    with pytest.raises(ValueError, match=r"\(50, 4\)"):
+        fit(
+            model,
+            items[:50],
+            labels[:50],
+            items[50:60],
+            labels[50:60],
+            show_progress=False,
+            teacher_probabilities=np.full((49, 4), 0.5),
+        )
+
+
+@pytest.mark.slow
+def test_distilled_training_trains_the_teachers_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fusion import pipeline
+
+    seen: list[tuple[str, tuple[int, ...] | None]] = []
+    real_fit = pipeline.fit
+
+    def recording_fit(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        teachers = kwargs.get("teacher_probabilities")
+        seen.append((model.config.name, None if teachers is None else teachers.shape))
+        if teachers is not None:  # probabilities of real teachers, not a constant
+            assert np.all((teachers > 0) & (teachers < 1)) and teachers.std() > 0.01
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit", recording_fit)
+    config = preset("tiny")
+    config.train.epochs = 1
+    config.train.single_view_weight, config.train.distill_weight = 1.0, 0.5
+    written = pipeline.train_on_synthetic(
+        config, n_patients=160, seed=3, output_dir=tmp_path, show_progress=False
+    )
+    n_train = len(pipeline.split_indices(160, 3)["train"])
+    names = [f"{config.name}-only_{m}" for m in ("image", "notes", "labs", "vitals")]
+    assert seen == [*((n, None) for n in names), (config.name, (n_train, 4))]
+    assert set(written) == {*names, config.name}
+    assert (tmp_path / "ablations" / "only_notes").is_dir()
