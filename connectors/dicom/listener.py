@@ -2,11 +2,12 @@
 
 ``cdsfusion serve`` starts :class:`DicomListener` when ``CDSFUSION_DICOM_PORT`` is not 0.
 It binds the SCP, then runs three threads: the association server (one asyncio loop for
-every association, :mod:`.ul`; blocking C-STORE work in its thread pool), the stable-study
-detector (:mod:`.stable`, one pass at start-up completes what became due while the engine
-was down) and the storage commitment reporter (:mod:`.commitment`). With
+every association, :mod:`.ul`; C-STORE work on that loop, N-ACTION in its thread pool),
+the stable-study detector (:mod:`.stable`, one pass at start-up completes what became due
+while the engine was down) and the storage commitment reporter (:mod:`.commitment`). With
 ``CDSFUSION_DICOM_RECEIVER_PROCESSES`` > 1 it also starts that many minus one receiver
-processes (:mod:`.receivers`) that accept associations on the same port (``SO_REUSEPORT``).
+processes (:mod:`.receivers`) that accept associations on the same port
+(``SO_REUSEPORT``).
 
 Readiness check ``dicom``: the server's loop thread is serving and the store directory is
 writable.

@@ -8,8 +8,10 @@
   is accepted; encapsulated syntaxes come first, so a sender never has to transcode an
   instance it holds compressed.
 * Storage Commitment Push Model (PS3.4 Annex J) as SCP, see :mod:`.commitment`.
-* C-STORE handling is :class:`~connectors.dicom.receive.InstanceReceiver`; the handler
-  answers a status and never raises (an unexpected error answers ``A7FF``).
+* C-STORE handling is :class:`~connectors.dicom.receive.InstanceReceiver`, on the event
+  loop: a place in the coming index batch is reserved when the request's command
+  arrives, so the writer holds its batch open for the data set still on the wire; the
+  handler answers a status and never raises (an unexpected error answers ``A7FF``).
 
 The network side is :mod:`.ul`, a lean asyncio DICOM Upper Layer: TCP_NODELAY on every
 accepted socket (a DIMSE response is small and must not wait for Nagle), an optional
@@ -41,11 +43,13 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from cds.core.settings import Settings
 from connectors.dicom import status
+from connectors.dicom.batch import IndexRequest
 from connectors.dicom.commitment import (
     STORAGE_COMMITMENT_PUSH_MODEL,
     CommitmentReporter,
     parse_action,
 )
+from connectors.dicom.index import IndexOutcome
 from connectors.dicom.metrics import DicomMetrics
 from connectors.dicom.receive import (
     IMPLEMENTATION_CLASS_UID,
@@ -55,6 +59,7 @@ from connectors.dicom.receive import (
 from connectors.dicom.security import AccessPolicy
 from connectors.dicom.ul import AcceptorConfig, UpperLayerServer
 from connectors.dicom.ul.dimse import SOP_CLASS_NOT_SUPPORTED
+from connectors.dicom.writer import Reservation
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +172,11 @@ class StorageSCP:
     def on_association(self, result: str) -> None:
         self.metrics.associations.labels(result=result).inc()
 
-    def on_c_store(
+    def reserve_store(self) -> Reservation[IndexRequest, IndexOutcome]:
+        """A C-STORE request started arriving: hold a place for it in a coming batch."""
+        return self.receiver.reserve()
+
+    async def on_c_store(
         self,
         *,
         dataset: bytes,
@@ -177,17 +186,19 @@ class StorageSCP:
         sop_instance: str,
         calling_ae: str,
         address: str,
+        reservation: Reservation[IndexRequest, IndexOutcome] | None = None,
     ) -> tuple[int, str | None]:
         """C-STORE: store, index, commit, then answer (PS3.4 B.2.3)."""
         if abstract_syntax not in self.storage_classes:
             return SOP_CLASS_NOT_SUPPORTED, "not a storage presentation context"
         try:
-            result = self.receiver.receive(
+            result = await self.receiver.receive(
                 dataset=dataset,
                 transfer_syntax=transfer_syntax,
                 sop_class=sop_class,
                 sop_instance=sop_instance,
                 sender=f"{calling_ae}@{address}",
+                reservation=reservation,
             )
         except Exception as exc:  # never raise into the Upper Layer
             logger.exception("C-STORE handler failed (%s)", type(exc).__name__)

@@ -1,26 +1,27 @@
 """Group commit: one writer thread per process flushes and indexes what every association
 received.
 
-Each association thread has already written its file (not yet flushed, see :mod:`.store`);
-it hands its index request to the writer and waits. The writer takes every request that
-queued up while it was busy, makes every file of the batch durable with one group flush
-(the ``sync`` function, on its own thread while the writer runs the batch's index
-statements; it must end before the commit, and a failure fails the whole batch and
-nothing is committed), indexes them together in one transaction (set-based, see
-:mod:`.batch`), commits once and wakes the waiting threads. Every thread still answers
-only after the commit that holds its rows, so the durability promise is the same as one
-transaction per instance, but the database sees one commit (one WAL fsync on SQLite, one
-round trip on PostgreSQL) and a few multi-row statements for a whole batch, and SQLite's
-single-writer lock is taken once per batch instead of being fought over by every
-association.
+Each C-STORE has already written its file (not yet flushed, see :mod:`.store`); it hands
+its index request to the writer and waits for the answer, blocking
+(:meth:`IndexWriter.submit`) or called back (:meth:`IndexWriter.submit_nowait`, which the
+SCP's event loop uses). The writer takes every request that queued up while it was busy,
+makes every file of the batch durable with one group flush (the ``sync`` function, on its
+own thread while the writer runs the batch's index statements; it must end before the
+commit, and a failure fails the whole batch and nothing is committed), indexes them
+together in one transaction (set-based, see :mod:`.batch`), commits once and answers the
+waiting requests. Every request is still answered only after the commit that holds its
+rows, so the durability promise is the same as one transaction per instance, but the
+database sees one commit (one WAL fsync on SQLite, one round trip on PostgreSQL) and a few
+multi-row statements for a whole batch, and SQLite's single-writer lock is taken once per
+batch instead of being fought over by every association.
 
 A batch takes what is queued, and waits a little (at most ``gather_s``) for requests on
-their way: a receiving thread takes a :meth:`IndexWriter.reservation` before it reads the
-header and writes the file, and submits through it. While reservations are outstanding,
-or fewer requests are gathered than the last batch held (associations sending in step
-come back together), the writer holds its batch open, so parallel associations share one
-transaction instead of each paying a commit; a lone association, with nothing reserved
-and a last batch of one, is never kept waiting.
+their way: the SCP takes a :meth:`IndexWriter.reserve` place when a C-STORE's command
+arrives, before its data set, header and file, and submits through it. While reservations
+are outstanding, or fewer requests are gathered than the last batch held (associations
+sending in step come back together), the writer holds its batch open, so parallel
+associations share one transaction instead of each paying a commit; a lone association,
+with nothing reserved and a last batch of one, is never kept waiting.
 
 The batch function returns one result per request: a value, or the exception that this
 request alone failed with (its rows rolled back). A failed commit fails every request of
@@ -64,14 +65,27 @@ BatchFunction = Callable[[Session, Sequence[R]], list[T | Exception]]
 SyncFunction = Callable[[Sequence[R]], None]
 
 
-class _Job(Generic[R, T]):
-    __slots__ = ("done", "error", "request", "result")
+#: ``on_done(result, error)``: called on the writer thread once a request's batch ended.
+DoneCallback = Callable[[T | None, BaseException | None], None]
 
-    def __init__(self, request: R) -> None:
+
+class _Job(Generic[R, T]):
+    __slots__ = ("done", "error", "on_done", "request", "result")
+
+    def __init__(self, request: R, on_done: DoneCallback[T] | None = None) -> None:
         self.request = request
         self.result: T | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self.on_done = on_done
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            try:
+                self.on_done(self.result, self.error)
+            except Exception:  # a waiter's callback must not stop the writer
+                logger.exception("index writer completion callback failed")
 
 
 class IndexWriter(Generic[R, T]):
@@ -135,6 +149,14 @@ class IndexWriter(Generic[R, T]):
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout)
+        while True:  # a request queued as the writer stopped is answered, never stranded
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.error = StorageError("index writer stopped")
+                job.finish()
         syncer, self._syncer = self._syncer, None
         if syncer is not None:
             syncer.shutdown(wait=True)
@@ -142,15 +164,19 @@ class IndexWriter(Generic[R, T]):
         if fd is not None:
             os.close(fd)
 
-    @contextlib.contextmanager
-    def reservation(self) -> Iterator[Reservation[R, T]]:
+    def reserve(self) -> Reservation[R, T]:
         """A place in a coming batch, for a request still being received and stored.
 
-        Submit through the reservation; one that ends without submitting frees its place.
+        Submit through it, or :meth:`Reservation.release` it when no request will come.
         """
         with self._reserved_lock:
             self._reserved += 1
-        held = Reservation(self)
+        return Reservation(self)
+
+    @contextlib.contextmanager
+    def reservation(self) -> Iterator[Reservation[R, T]]:
+        """:meth:`reserve` for a block: one that ends without submitting frees its place."""
+        held = self.reserve()
         try:
             yield held
         finally:
@@ -171,19 +197,46 @@ class IndexWriter(Generic[R, T]):
             the error this request failed with (its rows were rolled back), the commit's
             error, or StorageError when the writer is not running or did not answer in time.
         """
-        try:
-            if self._thread is None:
-                raise StorageError("index writer not running")
-            job: _Job[R, T] = _Job(request)
-            self._queue.put(job)
-        finally:
-            if reservation is not None:
-                reservation.release()
+        job = self._enqueue(request, reservation, None)
         if not job.done.wait(self.wait_timeout_s):
             raise StorageError("index commit did not complete in time")
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
+
+    def submit_nowait(
+        self,
+        request: R,
+        on_done: DoneCallback[T],
+        *,
+        reservation: Reservation[R, T] | None = None,
+    ) -> None:
+        """Queue ``request`` for the next batch; ``on_done(result, error)`` is called on the
+        writer thread once its batch committed (``error`` None) or failed.
+
+        For callers that must not block (an event loop); ``on_done`` must be quick and
+        must not raise.
+
+        Raises:
+            StorageError: the writer is not running (``on_done`` is not called).
+        """
+        self._enqueue(request, reservation, on_done)
+
+    def _enqueue(
+        self,
+        request: R,
+        reservation: Reservation[R, T] | None,
+        on_done: DoneCallback[T] | None,
+    ) -> _Job[R, T]:
+        try:
+            if self._thread is None:
+                raise StorageError("index writer not running")
+            job: _Job[R, T] = _Job(request, on_done)
+            self._queue.put(job)
+            return job
+        finally:
+            if reservation is not None:
+                reservation.release()
 
     def _run(self) -> None:
         stopping = False
@@ -267,7 +320,7 @@ class IndexWriter(Generic[R, T]):
                 job.result = None
         finally:
             for job in batch:
-                job.done.set()
+                job.finish()
 
 
 class Reservation(Generic[R, T]):
@@ -282,6 +335,10 @@ class Reservation(Generic[R, T]):
     def submit(self, request: R) -> T:
         """:meth:`IndexWriter.submit` through this reservation."""
         return self._writer.submit(request, reservation=self)
+
+    def submit_nowait(self, request: R, on_done: DoneCallback[T]) -> None:
+        """:meth:`IndexWriter.submit_nowait` through this reservation."""
+        self._writer.submit_nowait(request, on_done, reservation=self)
 
     def release(self) -> None:
         """Free the place (idempotent)."""

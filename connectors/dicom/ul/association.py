@@ -15,9 +15,11 @@ The states an acceptor passes through, in order (PS3.8 Table 9-10):
 Anything else aborts (A-ABORT, source 2 service-provider): an unknown or unexpected PDU,
 a malformed PDU or command set, a P-DATA-TF longer than our Maximum Length, a PDV on a
 context that was not accepted, or the network timeout. A peer's A-ABORT or a closed
-connection just ends the association. Service handlers run in the server's thread pool
-(a C-STORE blocks until its group commit) and never raise into this layer: an unexpected
-error answers ``A7FF`` (C-STORE) or ``0110`` (other services).
+connection just ends the association. A C-STORE is handed to the service on the event
+loop (it awaits its group commit without blocking the loop; the service reserves its place
+in the batch as soon as the command arrives); N-ACTION handlers run in the server's thread
+pool. Handlers never raise into this layer: an unexpected error answers ``A7FF``
+(C-STORE) or ``0110`` (other services).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from connectors.dicom.ul import acse, dimse, pdu
 
@@ -45,6 +47,14 @@ STORE_INTERNAL_FAILURE = 0xA7FF
 PROCESSING_FAILURE = 0x0110
 
 
+class Releasable(Protocol):
+    """Something held for a request (:meth:`ServiceUser.reserve_store`)."""
+
+    def release(self) -> None:
+        """Give it back; idempotent."""
+        ...
+
+
 class ServiceUser(Protocol):
     """What the association layer asks the application (the SCP)."""
 
@@ -60,7 +70,13 @@ class ServiceUser(Protocol):
         """Called with accepted, rejected, refused_address or tls_failed."""
         ...
 
-    def on_c_store(
+    def reserve_store(self) -> Releasable:
+        """A C-STORE request's command arrived; its data set is on its way. What is
+        returned is handed to :meth:`on_c_store`, and released by this layer once the
+        request is answered or the association ends first."""
+        ...
+
+    async def on_c_store(
         self,
         *,
         dataset: bytes,
@@ -70,8 +86,10 @@ class ServiceUser(Protocol):
         sop_instance: str,
         calling_ae: str,
         address: str,
+        reservation: Any = None,
     ) -> tuple[int, str | None]:
-        """Store one instance (blocking); returns the status and an optional Error Comment."""
+        """Store one instance, on the event loop (it must not block it: run blocking work
+        in a thread); returns the status and an optional Error Comment."""
         ...
 
     def on_n_action(
@@ -142,6 +160,8 @@ class Association:
         self._command_parts: list[bytes] = []
         self._command: dimse.Command | None = None
         self._data: list[bytes] | None = None
+        #: What the service holds for the C-STORE whose data set is arriving.
+        self._reserved: Releasable | None = None
         self._message_context = 0
 
     async def run(self) -> None:
@@ -198,6 +218,9 @@ class Association:
         except (EOFError, ConnectionError, OSError):
             logger.debug("DICOM connection closed by the peer")
         finally:
+            if self._reserved is not None:  # the data set never came
+                self._reserved.release()
+                self._reserved = None
             if established:
                 self.registry.established -= 1
             self.writer.close()
@@ -258,6 +281,8 @@ class Association:
             self._command_parts = []
             if command.has_data_set:
                 self._command, self._data = command, []
+                if command.command_field == dimse.C_STORE_RQ:
+                    self._reserved = self.service.reserve_store()
             else:
                 await self._dispatch(context_id, command, None)
 
@@ -281,8 +306,9 @@ class Association:
             sop_instance = command.uid(dimse.AffectedSOPInstanceUID)
             self.busy = True
             failure: tuple[int, str | None] = (STORE_INTERNAL_FAILURE, "internal error")
-            status, comment = await self._call(
-                lambda: self.service.on_c_store(
+            reserved, self._reserved = self._reserved, None
+            try:
+                status, comment = await self.service.on_c_store(
                     dataset=data or b"",
                     abstract_syntax=abstract_syntax,
                     transfer_syntax=transfer_syntax,
@@ -290,9 +316,14 @@ class Association:
                     sop_instance=sop_instance,
                     calling_ae=self.calling_ae,
                     address=self.address,
-                ),
-                failure,
-            )
+                    reservation=reserved,
+                )
+            except Exception as exc:  # the handler must answer; never raise into the layer
+                logger.exception("C-STORE handler failed (%s)", type(exc).__name__)
+                status, comment = failure
+            finally:
+                if reserved is not None:
+                    reserved.release()
             answer = dimse.response(
                 dimse.C_STORE_RSP,
                 message_id=message_id,

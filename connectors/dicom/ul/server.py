@@ -1,8 +1,9 @@
 """The acceptor's listening socket and event loop, in a thread of its own.
 
 One asyncio loop serves every association of the process (no thread per association,
-no polling); blocking service handlers (a C-STORE waits for its fsync and group commit)
-run in a thread pool with one worker per allowed association. Each accepted connection:
+no polling); C-STORE requests are handled on the loop (their commit is awaited, not
+waited for), and blocking handlers (N-ACTION) run in a thread pool with one worker per
+allowed association. Each accepted connection:
 
 1. source address allow-list: refused connections are closed before anything is read
    (the accept loop is ours, so the address is checked before TLS too);

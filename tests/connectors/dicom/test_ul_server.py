@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import struct
@@ -33,6 +34,16 @@ from tests.connectors.dicom.test_ul_pdu import CONFIG, CT, VERIFICATION, pynetdi
 pytestmark = pytest.mark.integration
 
 
+class Held:
+    """A reservation that counts its releases."""
+
+    def __init__(self) -> None:
+        self.releases = 0
+
+    def release(self) -> None:
+        self.releases += 1
+
+
 class FakeService:
     """A ServiceUser that records calls; ``gate`` (when set) holds each C-STORE."""
 
@@ -43,6 +54,7 @@ class FakeService:
         self.entered = threading.Event()
         self.fail = False
         self.refuse_addresses = False
+        self.held: list[Held] = []
 
     def admits_address(self, address: str) -> bool:
         return not self.refuse_addresses
@@ -53,10 +65,15 @@ class FakeService:
     def on_association(self, result: str) -> None:
         self.results.append(result)
 
-    def on_c_store(self, **kwargs: Any) -> tuple[int, str | None]:
+    def reserve_store(self) -> Held:
+        held = Held()
+        self.held.append(held)
+        return held
+
+    async def on_c_store(self, **kwargs: Any) -> tuple[int, str | None]:
         self.entered.set()
-        if self.gate is not None:
-            self.gate.wait(10)
+        if self.gate is not None:  # a handler that takes its time, off the event loop
+            await asyncio.to_thread(self.gate.wait, 10)
         if self.fail:
             raise RuntimeError("boom")
         self.stores.append(kwargs)
@@ -175,6 +192,36 @@ def test_fragmented_c_store_and_fragmented_response(
     assert read_pdu(sock)[0] == pdu.A_RELEASE_RP
     sock.close()
     assert fake.results == ["accepted"]
+
+
+def test_a_c_store_holds_a_reservation_from_its_command_until_answered(
+    server: UpperLayerServer, fake: FakeService
+) -> None:
+    sock = associate(server)
+    command = dimse.request(
+        dimse.C_STORE_RQ, message_id=4, sop_class=CT, sop_instance="1.2.4", has_data_set=True
+    )
+    sock.sendall(p_data(pdv(1, 3, command), pdv(1, 0, b"\x00\x00")))
+    deadline = time.monotonic() + 5
+    while not fake.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(fake.held) == 1 and fake.held[0].releases == 0  # data set still due
+    assert fake.stores == []
+    sock.sendall(p_data(pdv(1, 2, b"\x01\x02")))
+    assert read_command(sock).us(dimse.Status) == 0xB000
+    assert fake.stores[0]["reservation"] is fake.held[0]
+    assert fake.held[0].releases >= 1
+    # The next request's data set never comes: the association ends and frees its place.
+    command = dimse.request(
+        dimse.C_STORE_RQ, message_id=5, sop_class=CT, sop_instance="1.2.5", has_data_set=True
+    )
+    sock.sendall(p_data(pdv(1, 3, command)))
+    while len(fake.held) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sock.close()
+    while fake.held[1].releases == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.held[1].releases == 1 and len(fake.stores) == 1
 
 
 def test_echo_and_unknown_command(server: UpperLayerServer) -> None:

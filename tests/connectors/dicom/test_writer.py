@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from cds.core.errors import StorageError
 from connectors.dicom.store import SyncError
 from connectors.dicom.writer import BatchFunction, IndexWriter
 
@@ -251,3 +252,47 @@ def test_after_a_batch_of_four_the_writer_waits_for_the_fourth_request() -> None
     finally:
         writer.stop()
     assert batches[2:] == [[5, 6, 7, 8]]
+
+
+def test_submit_nowait_calls_back_after_the_commit_with_the_result_or_error() -> None:
+    events: list[tuple[str, ...]] = []
+
+    def halve(_session: Session, requests: Sequence[int]) -> list[int | Exception]:
+        events.append(("index", *map(str, requests)))
+        return [ValueError("odd") if r % 2 else r // 2 for r in requests]
+
+    answers: list[tuple[int | None, str | None]] = []
+    done = threading.Event()
+
+    def on_done(result: int | None, error: BaseException | None) -> None:
+        answers.append((result, None if error is None else str(error)))
+        events.append(("answered",))
+        if len(answers) == 2:
+            done.set()
+
+    writer: IndexWriter[int, int] = IndexWriter(_recording_factory(events), halve)
+    writer.start()
+    try:
+        with writer.reservation() as place:
+            place.submit_nowait(8, on_done)  # returns at once; frees the reservation
+            writer.submit_nowait(3, on_done)
+        assert done.wait(5)
+        assert sorted(answers, key=str) == sorted([(4, None), (None, "odd")], key=str)
+        assert events.index(("commit",)) < events.index(("answered",))
+    finally:
+        writer.stop()
+
+
+def test_a_request_queued_as_the_writer_stops_is_answered() -> None:
+    writer: IndexWriter[int, int] = IndexWriter(factory(), lambda _s, rs: list(rs))
+    writer.start()
+    writer._queue.put(None)  # the writer is told to stop first (as stop() does) ...
+    thread = writer._thread
+    assert thread is not None
+    thread.join(5)
+    answers: list[BaseException | None] = []
+    writer.submit_nowait(1, lambda _r, error: answers.append(error))  # ... then this comes
+    writer.stop()
+    assert len(answers) == 1 and "stopped" in str(answers[0])
+    with pytest.raises(StorageError, match="not running"):
+        writer.submit_nowait(2, lambda _r, _e: None)
