@@ -100,6 +100,13 @@ class TrainConfig:
             modality m learns ``(1 - w) * label + w * teacher_m`` with ``teacher_m`` the
             probability given by the single-modality model of m, trained first on the
             same split. Needs ``single_view_weight`` > 0; 0 (no teachers) by default.
+        teacher_init: Start the image and note encoders from those of the image and notes
+            teachers (their best epoch), trained on at ``teacher_encoder_lr_scale`` times
+            the learning rate: the pathways that overfit first start where their own
+            models stopped. The teachers are trained first, as for ``distill_weight``.
+            Defaults to False.
+        teacher_encoder_lr_scale: Learning-rate factor of the encoders started from the
+            teachers. Defaults to 0.1.
         ema_decay: Exponential moving average of the weights (validated, kept and
             saved instead of the raw weights); 0 disables it. Defaults to 0.0.
         seed: Seed for data order, dropout and initialisation. Defaults to 0.
@@ -115,8 +122,15 @@ class TrainConfig:
     auxiliary_modality_weights: dict[str, float] = field(default_factory=dict)
     single_view_weight: float = 0.0
     distill_weight: float = 0.0
+    teacher_init: bool = False
+    teacher_encoder_lr_scale: float = 0.1
     ema_decay: float = 0.0
     seed: int = 0
+
+    @property
+    def uses_teachers(self) -> bool:
+        """Whether single-modality teachers are trained first (distillation or init)."""
+        return self.distill_weight > 0 or self.teacher_init
 
 
 @dataclass
@@ -182,6 +196,8 @@ class FusionConfig:
             raise ConfigError("train.distill_weight must lie between 0 and 1")
         if self.train.distill_weight > 0 and self.train.single_view_weight <= 0:
             raise ConfigError("train.distill_weight needs train.single_view_weight > 0")
+        if self.train.teacher_encoder_lr_scale <= 0:
+            raise ConfigError("train.teacher_encoder_lr_scale must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""

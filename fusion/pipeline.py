@@ -34,6 +34,7 @@ from fusion.training import (
     calibrate,
     config_for_ablation,
     fit,
+    start_from_teachers,
     teacher_probabilities,
 )
 from fusion.training import predict_logits as _predict_logits
@@ -79,6 +80,7 @@ def _train_one(
     version: str,
     training_data: dict[str, Any],
     teachers: np.ndarray | None = None,
+    teacher_models: dict[str, FusionModel] | None = None,
 ) -> tuple[str, FusionModel]:
     """Fit, calibrate and save one model; returns (checkpoint sha256, the model on CPU)."""
 
@@ -90,6 +92,8 @@ def _train_one(
     if not resume and state_path.exists():
         state_path.unlink()
     model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
+    if teacher_models is not None:
+        start_from_teachers(model, teacher_models)
     started = time.monotonic()
     history = fit(
         model,
@@ -182,7 +186,7 @@ def train_on_synthetic(
         "prevalence": float(labels[:n_patients].mean()),
     }
     root = Path(output_dir)
-    distilled = config.train.distill_weight > 0
+    distilled = config.train.uses_teachers
     teacher_names = [f"only_{m}" for m in MODALITIES] if distilled else []
     names = teacher_names + [a for a in ABLATIONS if ablations and a not in teacher_names]
     runs = [(config_for_ablation(config, a), root / ABLATIONS_DIR / a) for a in names]
@@ -193,7 +197,8 @@ def train_on_synthetic(
     teachers: dict[str, FusionModel] = {}
     soft_targets: np.ndarray | None = None
     for run_config, directory in runs:
-        if distilled and soft_targets is None and len(teachers) == len(MODALITIES):
+        needs_targets = config.train.distill_weight > 0
+        if needs_targets and soft_targets is None and len(teachers) == len(MODALITIES):
             train_items = [encoded[i] for i in splits["train"]]
             soft_targets = teacher_probabilities(teachers, train_items, device=device)
         logger.info("training %s", run_config.name)
@@ -210,6 +215,7 @@ def train_on_synthetic(
             version=version,
             training_data=training_data,
             teachers=soft_targets if run_config.train.distill_weight > 0 else None,
+            teacher_models=teachers if run_config.train.teacher_init else None,
         )
         if distilled and len(run_config.modalities) == 1:
             teachers[run_config.modalities[0]] = model

@@ -259,8 +259,18 @@ class _Run:
 
 def _new_run(model: FusionModel, n_train: int) -> _Run:
     settings = model.config.train
+    started = model.from_teachers
+    groups: list[dict[str, Any]] = [
+        {"params": [p for n, p in model.named_parameters() if n not in started]},
+        {
+            "params": [p for n, p in model.named_parameters() if n in started],
+            "lr": settings.learning_rate * settings.teacher_encoder_lr_scale,
+        },
+    ]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        [g for g in groups if g["params"]],
+        lr=settings.learning_rate,
+        weight_decay=settings.weight_decay,
     )
     total = max(1, math.ceil(n_train / settings.batch_size) * settings.epochs)
     warmup = max(1, total // 20)
@@ -556,8 +566,38 @@ def config_for_ablation(config: FusionConfig, ablation: str) -> FusionConfig:
         modality = ablation.removeprefix("only_")
         single = config.replace(name=f"{config.name}-{ablation}", modalities=(modality,))
         single.train.distill_weight = 0.0
+        single.train.teacher_init = False
         return single
     return config.replace(name=f"{config.name}-{ablation}", fusion=ablation)
+
+
+#: Encoders started from a teacher, and the modality whose teacher gives them.
+TEACHER_ENCODERS: dict[str, tuple[str, ...]] = {
+    "image": ("image",),
+    "notes": ("notes", "note_time"),
+}
+
+
+def start_from_teachers(model: FusionModel, teachers: dict[str, FusionModel]) -> set[str]:
+    """Copy the image and note encoders of their teachers into ``model``.
+
+    The copied parameters are recorded in ``model.from_teachers`` (so :func:`fit` trains
+    them at ``teacher_encoder_lr_scale`` times the learning rate) and returned.
+
+    Raises:
+        ValueError: When a teacher is missing or sees other modalities.
+    """
+    copied: set[str] = set()
+    for modality, modules in TEACHER_ENCODERS.items():
+        teacher = teachers.get(modality)
+        if teacher is None or tuple(teacher.config.modalities) != (modality,):
+            raise ValueError(f"no single-modality teacher for {modality!r}")
+        for name in modules:
+            source, target = getattr(teacher, name), getattr(model, name)
+            target.load_state_dict(source.state_dict())
+            copied |= {f"{name}.{p}" for p, _ in target.named_parameters()}
+    model.from_teachers = frozenset(copied)
+    return copied
 
 
 def teacher_probabilities(

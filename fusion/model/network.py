@@ -176,6 +176,8 @@ class FusionModel(nn.Module):
             )
         #: Padded encoder shapes for compiled inference; None runs the exact shapes.
         self.shape_buckets: ShapeBuckets | None = None
+        #: Parameters started from single-modality teachers (training only).
+        self.from_teachers: frozenset[str] = frozenset()
 
     def restrict(self, batch: Batch) -> Batch:
         """The batch with every modality outside ``config.modalities`` hidden."""

@@ -293,9 +293,18 @@ def test_distilled_training_trains_the_teachers_first(
         return real_fit(model, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "fit", recording_fit)
+    started: list[str] = []
+    real_start = pipeline.start_from_teachers
+
+    def recording_start(model, teachers):  # type: ignore[no-untyped-def]
+        started.append(model.config.name)
+        return real_start(model, teachers)
+
+    monkeypatch.setattr(pipeline, "start_from_teachers", recording_start)
     config = preset("tiny")
     config.train.epochs = 1
     config.train.single_view_weight, config.train.distill_weight = 1.0, 0.5
+    config.train.teacher_init = True
     written = pipeline.train_on_synthetic(
         config, n_patients=160, seed=3, output_dir=tmp_path, show_progress=False
     )
@@ -304,3 +313,44 @@ def test_distilled_training_trains_the_teachers_first(
     assert seen == [*((n, None) for n in names), (config.name, (n_train, 4))]
     assert set(written) == {*names, config.name}
     assert (tmp_path / "ablations" / "only_notes").is_dir()
+    assert started and started[-1] == config.name  # the fused model started from them
+
+
+def test_encoders_start_from_their_teachers_at_a_lower_learning_rate(
+    data: dict[str, object],
+) -> None:
+    featurizer = data["featurizer"]
+    assert isinstance(featurizer, Featurizer)
+    config = preset("tiny")
+    config.train.teacher_init, config.train.teacher_encoder_lr_scale = True, 0.25
+    teachers = {
+        m: build_model(
+            training.config_for_ablation(config, f"only_{m}"),
+            featurizer.n_codes,
+            featurizer.vocab_size,
+        )
+        for m in ("image", "notes")
+    }
+    for m, teacher in teachers.items():
+        assert teacher.config.train.teacher_init is False
+        with torch.no_grad():
+            for p in teacher.parameters():
+                p.add_(1.0 if m == "image" else 2.0)
+    model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
+    copied = training.start_from_teachers(model, teachers)
+    assert copied == model.from_teachers
+    assert {n.split(".")[0] for n in copied} == {"image", "notes", "note_time"}
+    image, notes = teachers["image"], teachers["notes"]
+    for name, p in model.named_parameters():
+        root = name.split(".")[0]
+        if root == "image":
+            assert torch.equal(p, image.get_parameter(name))
+        elif root in ("notes", "note_time"):
+            assert torch.equal(p, notes.get_parameter(name))
+        else:
+            assert not torch.equal(p, image.get_parameter(name)), name
+    run = training._new_run(model, 100)
+    rates = sorted(g["lr"] for g in run.optimizer.param_groups)
+    assert rates == [config.train.learning_rate * 0.25, config.train.learning_rate]
+    with pytest.raises(ValueError, match="notes"):
+        training.start_from_teachers(model, {"image": image})
