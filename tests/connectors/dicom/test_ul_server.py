@@ -440,6 +440,33 @@ def test_pynetdicom_scu_with_small_pdus_both_ways(
     )
 
 
+def test_a_large_data_set_is_stored_off_the_event_loop(
+    start_listener: ListenerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connectors.dicom import receive
+
+    monkeypatch.setattr(receive, "INLINE_LIMIT", 1000)  # the ~39 kB data set is "large"
+    on_threads: list[str] = []
+    prepare = receive.InstanceReceiver._prepare
+
+    def recording(self: receive.InstanceReceiver, **kwargs: Any) -> object:
+        on_threads.append(threading.current_thread().name)
+        return prepare(self, **kwargs)
+
+    monkeypatch.setattr(receive.InstanceReceiver, "_prepare", recording)
+    listener = start_listener()
+    path = synthetic_instance(tmp_path, study_uid=generate_uid())
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="CDSFUSION")
+    assert assoc.is_established
+    assert assoc.send_c_store(path).Status == status.SUCCESS
+    assoc.release()
+    assert len(on_threads) == 1 and on_threads[0] != "dicom-scp"  # not the loop's thread
+    with listener.ctx.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(ImagingInstance)) == 1
+
+
 def test_pynetdicom_scu_rejected_calling_ae(start_listener: ListenerFactory) -> None:
     listener = start_listener(dicom_allowed_ae_titles=("MODALITY",))
     ae = AE(ae_title="INTRUDER")
