@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from fusion.config import PRESETS, preset
+from fusion.errors import ConfigError
 
 
 def _device(name: str) -> str:
@@ -86,6 +87,20 @@ def _json_safe(value: Any) -> Any:
     show_default=True,
     help="Also train the early/late/attention baselines and single-modality models.",
 )
+@click.option(
+    "--distill-weight",
+    type=float,
+    default=None,
+    help="Uni-modal teacher distillation (0 to 1): the single-modality models train first "
+    "and each single-modality view learns their probabilities mixed with the label; needs "
+    "a preset that scores single-modality views (benchmark). Defaults to the preset's.",
+)
+@click.option(
+    "--teacher-init/--no-teacher-init",
+    default=None,
+    help="Start the image and note encoders from the single-modality teachers, at a lower "
+    "learning rate. Defaults to the preset's.",
+)
 @click.option("--version", "model_version", default="0.1.0", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_command(
@@ -99,6 +114,8 @@ def train_command(
     device: str,
     resume: bool,
     ablations: bool,
+    distill_weight: float | None,
+    teacher_init: bool | None,
     model_version: str,
     progress: bool,
 ) -> None:
@@ -114,6 +131,14 @@ def train_command(
     config.train.seed = seed
     if epochs is not None:
         config.train.epochs = epochs
+    if distill_weight is not None:
+        config.train.distill_weight = distill_weight
+    if teacher_init is not None:
+        config.train.teacher_init = teacher_init
+    try:
+        config.validate()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     torch.manual_seed(seed)
     written = train_on_synthetic(
         config,

@@ -104,3 +104,21 @@ def test_help() -> None:
     runner = CliRunner()
     assert runner.invoke(train_command, ["--help"]).exit_code == 0
     assert runner.invoke(evaluate_command, ["--help"]).exit_code == 0
+
+
+def test_train_distillation_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fusion import pipeline
+
+    seen: list[object] = []
+    monkeypatch.setattr(
+        pipeline, "train_on_synthetic", lambda config, **_: seen.append(config) or {}
+    )
+    runner = CliRunner()
+    refused = runner.invoke(train_command, ["--config", "tiny", "--distill-weight", "0.5"])
+    assert refused.exit_code == 2 and "single_view_weight" in refused.output
+    assert seen == []
+    args = ["--config", "benchmark", "--distill-weight", "0.5", "--teacher-init"]
+    result = runner.invoke(train_command, [*args, "--output", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.train.distill_weight == 0.5 and config.train.teacher_init  # type: ignore[attr-defined]
