@@ -106,7 +106,7 @@ class TrainConfig:
             models stopped. The teachers are trained first, as for ``distill_weight``.
             Defaults to False.
         teacher_encoder_lr_scale: Learning-rate factor of the encoders started from the
-            teachers. Defaults to 0.1.
+            teachers; 0 freezes them. Defaults to 0.1.
         ema_decay: Exponential moving average of the weights (validated, kept and
             saved instead of the raw weights); 0 disables it. Defaults to 0.0.
         seed: Seed for data order, dropout and initialisation. Defaults to 0.
@@ -196,8 +196,8 @@ class FusionConfig:
             raise ConfigError("train.distill_weight must lie between 0 and 1")
         if self.train.distill_weight > 0 and self.train.single_view_weight <= 0:
             raise ConfigError("train.distill_weight needs train.single_view_weight > 0")
-        if self.train.teacher_encoder_lr_scale <= 0:
-            raise ConfigError("train.teacher_encoder_lr_scale must be positive")
+        if self.train.teacher_encoder_lr_scale < 0:
+            raise ConfigError("train.teacher_encoder_lr_scale must not be negative")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""
@@ -226,8 +226,10 @@ def preset(name: str) -> FusionConfig:
     Args:
         name: ``tiny`` (tests: seconds on CPU), ``demo`` (the shipped demo model: a few
             minutes on 2 CPU cores), ``benchmark`` (the demo architecture with the
-            training recipe of the evaluation goals: every single-modality view scored
-            each step, an average of the weights, 10 epochs; meant for
+            training recipe of the evaluation goals: single-modality teachers trained
+            first, the fused model's image and note encoders started from them and
+            frozen, every single-modality view scored each step against its teacher,
+            an average of the weights, 10 epochs; meant for
             ``--patients 12000 --calibration-patients 8000``, under an hour on 2 CPU
             cores per model) or ``production`` (ViT-Base-like image encoder and a
             clinical BERT the operator provides in ``text.pretrained_dir``).
@@ -266,6 +268,9 @@ def preset(name: str) -> FusionConfig:
                 single_modality_rate=0.0,
                 single_view_weight=1.0,
                 auxiliary_weight=0.5,
+                distill_weight=1.0,
+                teacher_init=True,
+                teacher_encoder_lr_scale=0.0,
                 ema_decay=0.998,
             ),
         )

@@ -260,13 +260,17 @@ class _Run:
 def _new_run(model: FusionModel, n_train: int) -> _Run:
     settings = model.config.train
     started = model.from_teachers
+    scale = settings.teacher_encoder_lr_scale
     groups: list[dict[str, Any]] = [
         {"params": [p for n, p in model.named_parameters() if n not in started]},
         {
             "params": [p for n, p in model.named_parameters() if n in started],
-            "lr": settings.learning_rate * settings.teacher_encoder_lr_scale,
+            "lr": settings.learning_rate * scale,
         },
     ]
+    if scale == 0:  # frozen: the encoders stay exactly as their teachers left them
+        for p in groups.pop()["params"]:
+            p.requires_grad_(False)
     optimizer = torch.optim.AdamW(
         [g for g in groups if g["params"]],
         lr=settings.learning_rate,

@@ -188,6 +188,8 @@ def test_benchmark_preset_is_the_demo_architecture_with_its_own_recipe() -> None
         assert benchmark[key] == demo[key], key
     assert benchmark["train"]["single_view_weight"] > 0
     assert benchmark["train"]["ema_decay"] > 0
+    assert benchmark["train"]["distill_weight"] == 1.0 and benchmark["train"]["teacher_init"]
+    assert benchmark["train"]["teacher_encoder_lr_scale"] == 0.0  # frozen teacher encoders
 
 
 def test_bucket_by_length_covers_every_index_once() -> None:

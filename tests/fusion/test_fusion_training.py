@@ -352,5 +352,11 @@ def test_encoders_start_from_their_teachers_at_a_lower_learning_rate(
     run = training._new_run(model, 100)
     rates = sorted(g["lr"] for g in run.optimizer.param_groups)
     assert rates == [config.train.learning_rate * 0.25, config.train.learning_rate]
+    model.config.train.teacher_encoder_lr_scale = 0.0  # frozen
+    run = training._new_run(model, 100)
+    (group,) = run.optimizer.param_groups
+    optimized = {id(p) for p in group["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in optimized) is p.requires_grad is (name not in copied), name
     with pytest.raises(ValueError, match="notes"):
         training.start_from_teachers(model, {"image": image})
