@@ -155,9 +155,10 @@ def train_on_synthetic(
         device: Torch device; bf16 autocast on CUDA.
         resume: Continue from ``train_state.pt`` files left by an interrupted run.
         ablations: Also train the baselines and single-modality models of
-            :data:`~fusion.training.ABLATIONS` for ``cdsfusion evaluate``. With
-            ``config.train.distill_weight`` > 0 the single-modality models are trained
-            in any case, first: they are the teachers.
+            :data:`~fusion.training.ABLATIONS` for ``cdsfusion evaluate``. When the
+            recipe uses teachers (``distill_weight`` > 0 or ``teacher_init``), the
+            single-modality models are trained in any case, first: they are the
+            teachers.
         show_progress: Progress bars. Defaults to True.
         version: Version recorded in the checkpoint. Defaults to ``0.1.0``.
         missing_rates: Missingness of the cohort; defaults to DEFAULT_MISSING_RATES.
@@ -186,19 +187,19 @@ def train_on_synthetic(
         "prevalence": float(labels[:n_patients].mean()),
     }
     root = Path(output_dir)
-    distilled = config.train.uses_teachers
-    teacher_names = [f"only_{m}" for m in MODALITIES] if distilled else []
+    taught = config.train.uses_teachers
+    teacher_names = [f"only_{m}" for m in MODALITIES] if taught else []
     names = teacher_names + [a for a in ABLATIONS if ablations and a not in teacher_names]
     runs = [(config_for_ablation(config, a), root / ABLATIONS_DIR / a) for a in names]
-    # With distillation the single-modality teachers train first; the fused model (and the
-    # multimodal baselines, on the same recipe) then learn from them.
+    # The single-modality teachers train first; the fused model (and the multimodal
+    # baselines, on the same recipe) then learn from them.
     runs.insert(len(teacher_names), (config, root))
     written: dict[str, str] = {}
     teachers: dict[str, FusionModel] = {}
     soft_targets: np.ndarray | None = None
     for run_config, directory in runs:
-        needs_targets = config.train.distill_weight > 0
-        if needs_targets and soft_targets is None and len(teachers) == len(MODALITIES):
+        wants_targets = run_config.train.distill_weight > 0
+        if wants_targets and soft_targets is None:  # the teachers are trained by now
             train_items = [encoded[i] for i in splits["train"]]
             soft_targets = teacher_probabilities(teachers, train_items, device=device)
         logger.info("training %s", run_config.name)
@@ -214,9 +215,9 @@ def train_on_synthetic(
             show_progress=show_progress,
             version=version,
             training_data=training_data,
-            teachers=soft_targets if run_config.train.distill_weight > 0 else None,
+            teachers=soft_targets if wants_targets else None,
             teacher_models=teachers if run_config.train.teacher_init else None,
         )
-        if distilled and len(run_config.modalities) == 1:
+        if taught and len(run_config.modalities) == 1:
             teachers[run_config.modalities[0]] = model
     return written

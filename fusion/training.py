@@ -260,17 +260,14 @@ class _Run:
 def _new_run(model: FusionModel, n_train: int) -> _Run:
     settings = model.config.train
     started = model.from_teachers
-    scale = settings.teacher_encoder_lr_scale
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [
-        {"params": [p for n, p in model.named_parameters() if n not in started]},
+        {"params": [p for n, p in trainable if n not in started]},
         {
-            "params": [p for n, p in model.named_parameters() if n in started],
-            "lr": settings.learning_rate * scale,
+            "params": [p for n, p in trainable if n in started],
+            "lr": settings.learning_rate * settings.teacher_encoder_lr_scale,
         },
     ]
-    if scale == 0:  # frozen: the encoders stay exactly as their teachers left them
-        for p in groups.pop()["params"]:
-            p.requires_grad_(False)
     optimizer = torch.optim.AdamW(
         [g for g in groups if g["params"]],
         lr=settings.learning_rate,
@@ -586,22 +583,31 @@ def start_from_teachers(model: FusionModel, teachers: dict[str, FusionModel]) ->
     """Copy the image and note encoders of their teachers into ``model``.
 
     The copied parameters are recorded in ``model.from_teachers`` (so :func:`fit` trains
-    them at ``teacher_encoder_lr_scale`` times the learning rate) and returned.
+    them at ``teacher_encoder_lr_scale`` times the learning rate) and returned; with a
+    factor of 0 they are frozen (no gradient, left out of the optimizer).
 
     Raises:
         ValueError: When a teacher is missing or sees other modalities.
     """
+    frozen = model.config.train.teacher_encoder_lr_scale == 0
     copied: set[str] = set()
     for modality, modules in TEACHER_ENCODERS.items():
-        teacher = teachers.get(modality)
-        if teacher is None or tuple(teacher.config.modalities) != (modality,):
-            raise ValueError(f"no single-modality teacher for {modality!r}")
+        teacher = _teacher(teachers, modality)
         for name in modules:
             source, target = getattr(teacher, name), getattr(model, name)
             target.load_state_dict(source.state_dict())
+            target.requires_grad_(not frozen)
             copied |= {f"{name}.{p}" for p, _ in target.named_parameters()}
     model.from_teachers = frozenset(copied)
     return copied
+
+
+def _teacher(teachers: dict[str, FusionModel], modality: str) -> FusionModel:
+    """The single-modality teacher of ``modality``; ValueError when there is none."""
+    teacher = teachers.get(modality)
+    if teacher is None or tuple(teacher.config.modalities) != (modality,):
+        raise ValueError(f"no single-modality teacher for {modality!r}")
+    return teacher
 
 
 def teacher_probabilities(
@@ -626,10 +632,7 @@ def teacher_probabilities(
     """
     columns = []
     for modality in MODALITIES:
-        teacher = teachers.get(modality)
-        if teacher is None or tuple(teacher.config.modalities) != (modality,):
-            raise ValueError(f"no single-modality teacher for {modality!r}")
-        logits = predict_logits(teacher, items, device=device)
+        logits = predict_logits(_teacher(teachers, modality), items, device=device)
         columns.append(1.0 / (1.0 + np.exp(-logits)))
     return np.stack(columns, axis=1).astype(np.float32)
 

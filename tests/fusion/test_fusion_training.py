@@ -353,6 +353,7 @@ def test_encoders_start_from_their_teachers_at_a_lower_learning_rate(
     rates = sorted(g["lr"] for g in run.optimizer.param_groups)
     assert rates == [config.train.learning_rate * 0.25, config.train.learning_rate]
     model.config.train.teacher_encoder_lr_scale = 0.0  # frozen
+    assert training.start_from_teachers(model, teachers) == copied
     run = training._new_run(model, 100)
     (group,) = run.optimizer.param_groups
     optimized = {id(p) for p in group["params"]}
