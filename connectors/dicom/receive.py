@@ -253,7 +253,7 @@ class InstanceReceiver:
                 loop.call_soon_threadsafe(_settle, committed, outcome, error)
 
         try:
-            place.submit_nowait(request, on_done)
+            place.submit(request, on_done)
             async with asyncio.timeout(self.writer.wait_timeout_s):
                 outcome = await committed
         except ConflictError:

@@ -2,18 +2,17 @@
 received.
 
 Each C-STORE has already written its file (not yet flushed, see :mod:`.store`); it hands
-its index request to the writer and waits for the answer, blocking
-(:meth:`IndexWriter.submit`) or called back (:meth:`IndexWriter.submit_nowait`, which the
-SCP's event loop uses). The writer takes every request that queued up while it was busy,
-makes every file of the batch durable with one group flush (the ``sync`` function, on its
-own thread while the writer runs the batch's index statements; it must end before the
-commit, and a failure fails the whole batch and nothing is committed), indexes them
-together in one transaction (set-based, see :mod:`.batch`), commits once and answers the
-waiting requests. Every request is still answered only after the commit that holds its
-rows, so the durability promise is the same as one transaction per instance, but the
-database sees one commit (one WAL fsync on SQLite, one round trip on PostgreSQL) and a few
-multi-row statements for a whole batch, and SQLite's single-writer lock is taken once per
-batch instead of being fought over by every association.
+its index request to the writer (:meth:`IndexWriter.submit`) and is called back with the
+answer, so the SCP's event loop never blocks on it. The writer takes every request that
+queued up while it was busy, makes every file of the batch durable with one group flush
+(the ``sync`` function, on its own thread while the writer runs the batch's index
+statements; it must end before the commit, and a failure fails the whole batch and nothing
+is committed), indexes them together in one transaction (set-based, see :mod:`.batch`),
+commits once and answers the waiting requests. Every request is still answered only after
+the commit that holds its rows, so the durability promise is the same as one transaction
+per instance, but the database sees one commit (one WAL fsync on SQLite, one round trip on
+PostgreSQL) and a few multi-row statements for a whole batch, and SQLite's single-writer
+lock is taken once per batch instead of being fought over by every association.
 
 A batch takes what is queued, and waits a little (at most ``gather_s``) for requests on
 their way: the SCP takes a :meth:`IndexWriter.reserve` place when a C-STORE's command
@@ -70,22 +69,19 @@ DoneCallback = Callable[[T | None, BaseException | None], None]
 
 
 class _Job(Generic[R, T]):
-    __slots__ = ("done", "error", "on_done", "request", "result")
+    __slots__ = ("error", "on_done", "request", "result")
 
-    def __init__(self, request: R, on_done: DoneCallback[T] | None = None) -> None:
+    def __init__(self, request: R, on_done: DoneCallback[T]) -> None:
         self.request = request
         self.result: T | None = None
         self.error: BaseException | None = None
-        self.done = threading.Event()
         self.on_done = on_done
 
     def finish(self) -> None:
-        self.done.set()
-        if self.on_done is not None:
-            try:
-                self.on_done(self.result, self.error)
-            except Exception:  # a waiter's callback must not stop the writer
-                logger.exception("index writer completion callback failed")
+        try:
+            self.on_done(self.result, self.error)
+        except Exception:  # a waiter's callback must not stop the writer
+            logger.exception("index writer completion callback failed")
 
 
 class IndexWriter(Generic[R, T]):
@@ -173,38 +169,12 @@ class IndexWriter(Generic[R, T]):
             self._reserved += 1
         return Reservation(self)
 
-    @contextlib.contextmanager
-    def reservation(self) -> Iterator[Reservation[R, T]]:
-        """:meth:`reserve` for a block: one that ends without submitting frees its place."""
-        held = self.reserve()
-        try:
-            yield held
-        finally:
-            held.release()
-
     def unreserve(self) -> None:
         """One reservation fewer (:meth:`Reservation.release` calls it)."""
         with self._reserved_lock:
             self._reserved -= 1
 
-    def submit(self, request: R, *, reservation: Reservation[R, T] | None = None) -> T:
-        """Index ``request`` in the next batch and return its result once committed.
-
-        Args:
-            reservation: the request's reservation, freed once the request is queued.
-
-        Raises:
-            the error this request failed with (its rows were rolled back), the commit's
-            error, or StorageError when the writer is not running or did not answer in time.
-        """
-        job = self._enqueue(request, reservation, None)
-        if not job.done.wait(self.wait_timeout_s):
-            raise StorageError("index commit did not complete in time")
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[return-value]
-
-    def submit_nowait(
+    def submit(
         self,
         request: R,
         on_done: DoneCallback[T],
@@ -214,26 +184,16 @@ class IndexWriter(Generic[R, T]):
         """Queue ``request`` for the next batch; ``on_done(result, error)`` is called on the
         writer thread once its batch committed (``error`` None) or failed.
 
-        For callers that must not block (an event loop); ``on_done`` must be quick and
-        must not raise.
+        The caller does not block (the SCP's event loop); ``on_done`` must be quick and
+        must not raise. ``reservation``, the request's place, is freed once it is queued.
 
         Raises:
             StorageError: the writer is not running (``on_done`` is not called).
         """
-        self._enqueue(request, reservation, on_done)
-
-    def _enqueue(
-        self,
-        request: R,
-        reservation: Reservation[R, T] | None,
-        on_done: DoneCallback[T] | None,
-    ) -> _Job[R, T]:
         try:
             if self._thread is None:
                 raise StorageError("index writer not running")
-            job: _Job[R, T] = _Job(request, on_done)
-            self._queue.put(job)
-            return job
+            self._queue.put(_Job(request, on_done))
         finally:
             if reservation is not None:
                 reservation.release()
@@ -332,13 +292,9 @@ class Reservation(Generic[R, T]):
         self._writer = writer
         self._held = True
 
-    def submit(self, request: R) -> T:
+    def submit(self, request: R, on_done: DoneCallback[T]) -> None:
         """:meth:`IndexWriter.submit` through this reservation."""
-        return self._writer.submit(request, reservation=self)
-
-    def submit_nowait(self, request: R, on_done: DoneCallback[T]) -> None:
-        """:meth:`IndexWriter.submit_nowait` through this reservation."""
-        self._writer.submit_nowait(request, on_done, reservation=self)
+        self._writer.submit(request, on_done, reservation=self)
 
     def release(self) -> None:
         """Free the place (idempotent)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, event, text
@@ -13,7 +15,34 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cds.core.errors import StorageError
 from connectors.dicom.store import SyncError
-from connectors.dicom.writer import BatchFunction, IndexWriter
+from connectors.dicom.writer import BatchFunction, IndexWriter, Reservation
+
+
+def submit(to: IndexWriter[Any, Any] | Reservation[Any, Any], request: Any) -> Any:
+    """Submit and wait for the answer, as the SCP's ``await`` does: the result, or raises
+    the request's error."""
+    answered = threading.Event()
+    answer: dict[str, Any] = {}
+
+    def on_done(result: Any, error: BaseException | None) -> None:
+        answer.update(result=result, error=error)
+        answered.set()
+
+    to.submit(request, on_done)
+    assert answered.wait(10), "no answer from the writer"
+    if answer["error"] is not None:
+        raise answer["error"]
+    return answer["result"]
+
+
+@contextlib.contextmanager
+def reservation(writer: IndexWriter[Any, Any]) -> Iterator[Reservation[Any, Any]]:
+    """A place held for a block, freed at its end if nothing was submitted."""
+    held = writer.reserve()
+    try:
+        yield held
+    finally:
+        held.release()
 
 
 def factory() -> sessionmaker[Session]:
@@ -27,9 +56,9 @@ def test_each_request_gets_its_own_result_or_error() -> None:
     writer: IndexWriter[int, int] = IndexWriter(factory(), halve)
     writer.start()
     try:
-        assert writer.submit(8) == 4
+        assert submit(writer, 8) == 4
         try:
-            writer.submit(3)
+            submit(writer, 3)
         except ValueError as exc:
             assert str(exc) == "odd"
         else:
@@ -60,11 +89,11 @@ def test_writers_sharing_a_lock_file_take_turns(tmp_path: Path) -> None:
     first.start()
     second.start()
     try:
-        waiter = threading.Thread(target=first.submit, args=("a",))
+        waiter = threading.Thread(target=submit, args=(first, "a"))
         waiter.start()
         assert holding.wait(5)
         answered: list[str] = []
-        other = threading.Thread(target=lambda: answered.append(second.submit("b")))
+        other = threading.Thread(target=lambda: answered.append(submit(second, "b")))
         other.start()
         other.join(0.3)
         assert ran == [] and answered == []  # the second writer waits for its turn
@@ -104,7 +133,7 @@ def test_a_group_is_synced_whole_before_its_transaction_commits() -> None:
     try:
         answers: list[str] = []
         threads = [
-            threading.Thread(target=lambda r=r: answers.append(writer.submit(r))) for r in "abcd"
+            threading.Thread(target=lambda r=r: answers.append(submit(writer, r))) for r in "abcd"
         ]
         threads[0].start()
         assert first_in.wait(5)
@@ -142,7 +171,7 @@ def test_a_failed_sync_fails_the_whole_group_and_commits_nothing() -> None:
     writer.start()
     try:
         with pytest.raises(SyncError):
-            writer.submit("a")
+            submit(writer, "a")
         assert ("commit",) not in events  # indexed beside the flush, rolled back
     finally:
         writer.stop()
@@ -161,7 +190,7 @@ def test_the_sync_defaults_to_the_batch_functions_own() -> None:
     writer: IndexWriter[int, int] = IndexWriter(factory(), Indexer())
     writer.start()
     try:
-        assert writer.submit(7) == 7
+        assert submit(writer, 7) == 7
         assert synced == [[7]]
     finally:
         writer.stop()
@@ -183,12 +212,12 @@ def test_a_batch_waits_for_a_reserved_request_to_arrive() -> None:
     writer.start()
     results: dict[int, int] = {}
     try:
-        with writer.reservation() as place:
-            first = threading.Thread(target=lambda: results.update({1: writer.submit(1)}))
+        with reservation(writer) as place:
+            first = threading.Thread(target=lambda: results.update({1: submit(writer, 1)}))
             first.start()
             time.sleep(0.2)  # the writer has the first request, and holds its batch open
             assert not batches
-            results[2] = place.submit(2)
+            results[2] = submit(place, 2)
         first.join(5)
     finally:
         writer.stop()
@@ -202,10 +231,10 @@ def test_a_lone_request_is_not_kept_waiting_and_a_dropped_reservation_frees_its_
     writer.start()
     try:
         started = time.monotonic()
-        assert writer.submit(1) == 1
-        with writer.reservation():
+        assert submit(writer, 1) == 1
+        with reservation(writer):
             pass  # a request that failed before it was stored: never submitted
-        assert writer.submit(2) == 2
+        assert submit(writer, 2) == 2
         assert time.monotonic() - started < 4.0  # neither waited for the 5 s gather
     finally:
         writer.stop()
@@ -231,7 +260,7 @@ def test_after_a_batch_of_four_the_writer_waits_for_the_fourth_request() -> None
     def submit_later(n: int, delay: float) -> threading.Thread:
         def run() -> None:
             time.sleep(delay)
-            writer.submit(n)
+            submit(writer, n)
 
         thread = threading.Thread(target=run)
         thread.start()
@@ -254,7 +283,7 @@ def test_after_a_batch_of_four_the_writer_waits_for_the_fourth_request() -> None
     assert batches[2:] == [[5, 6, 7, 8]]
 
 
-def test_submit_nowait_calls_back_after_the_commit_with_the_result_or_error() -> None:
+def test_submit_calls_back_after_the_commit_with_the_result_or_error() -> None:
     events: list[tuple[str, ...]] = []
 
     def halve(_session: Session, requests: Sequence[int]) -> list[int | Exception]:
@@ -273,9 +302,9 @@ def test_submit_nowait_calls_back_after_the_commit_with_the_result_or_error() ->
     writer: IndexWriter[int, int] = IndexWriter(_recording_factory(events), halve)
     writer.start()
     try:
-        with writer.reservation() as place:
-            place.submit_nowait(8, on_done)  # returns at once; frees the reservation
-            writer.submit_nowait(3, on_done)
+        with reservation(writer) as place:
+            place.submit(8, on_done)  # returns at once; frees the reservation
+            writer.submit(3, on_done)
         assert done.wait(5)
         assert sorted(answers, key=str) == sorted([(4, None), (None, "odd")], key=str)
         assert events.index(("commit",)) < events.index(("answered",))
@@ -291,8 +320,8 @@ def test_a_request_queued_as_the_writer_stops_is_answered() -> None:
     assert thread is not None
     thread.join(5)
     answers: list[BaseException | None] = []
-    writer.submit_nowait(1, lambda _r, error: answers.append(error))  # ... then this comes
+    writer.submit(1, lambda _r, error: answers.append(error))  # ... then this comes
     writer.stop()
     assert len(answers) == 1 and "stopped" in str(answers[0])
     with pytest.raises(StorageError, match="not running"):
-        writer.submit_nowait(2, lambda _r, _e: None)
+        writer.submit(2, lambda _r, _e: None)
