@@ -66,6 +66,8 @@ def _goal_lines(metrics: dict[str, Any]) -> list[str]:
         "fraction_of_oracle_auroc>=0.97": f"{metrics['fraction_of_oracle_auroc']:.4f}",
         "ece<=0.03": f"{metrics['ece']:.4f}",
         "fused>=best_single_on_every_subset": _worst(goals["fused_minus_best_single"]),
+        "fused_not_below_best_single_ci95_every_subset": "lowest interval upper end "
+        + _worst(goals["fused_minus_best_single_ci95_upper"]).removeprefix("worst "),
         "coverage_within_2pct_every_pattern": _worst(
             goals["coverage_minus_nominal"], absolute=True
         ),

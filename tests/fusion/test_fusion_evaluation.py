@@ -81,14 +81,28 @@ def test_each_goal_can_fail() -> None:
     assert not _met(metrics)["better_than_baselines"]
 
 
+def test_fused_worse_beyond_noise_fails_the_statistical_reading() -> None:
+    metrics = _metrics()
+    metrics["per_missing_subset"]["notes"]["fused_minus_best_single_ci95"] = (-0.004, -0.001)
+    assert not _met(metrics)["fused_not_below_best_single_ci95_every_subset"]
+    metrics["per_missing_subset"]["notes"]["fused_minus_best_single_ci95"] = (-0.004, 0.0)
+    assert _met(metrics)["fused_not_below_best_single_ci95_every_subset"]
+    metrics["per_missing_subset"]["notes"]["auroc_fused"] = 0.8299  # tied within noise
+    met = _met(metrics)
+    assert not met["fused>=best_single_on_every_subset"]
+    assert met["fused_not_below_best_single_ci95_every_subset"]
+
+
 def test_missing_comparisons_are_not_met() -> None:
     metrics = _metrics()
     metrics["ablations"] = {}
     for row in metrics["per_missing_subset"].values():
         row.pop("best_single_auroc", None)
+        row.pop("fused_minus_best_single_ci95", None)
     met = _met(metrics)
     assert not met["better_than_baselines"]
     assert not met["fused>=best_single_on_every_subset"]
+    assert not met["fused_not_below_best_single_ci95_every_subset"]
 
 
 def test_report_states_each_goal_with_its_number(tmp_path: Path) -> None:
@@ -97,4 +111,5 @@ def test_report_states_each_goal_with_its_number(tmp_path: Path) -> None:
     text = write_report(metrics, tmp_path).read_text()
     assert "- ece<=0.03: met (0.0200)" in text
     assert "worst +0.0050 (image)" in text
+    assert "fused_not_below_best_single_ci95_every_subset: met (lowest interval upper end" in text
     assert "Training cohort: 10 patients" in text
