@@ -10,7 +10,10 @@ associations (4 storescu processes) to:
 * Orthanc with its default SQLite index and storage (``TCP_NODELAY=1`` too).
 
 Every run sends fresh SOP Instance UIDs. Prints instances/s for each target and the ratios
-to cdsfusion. Figures only: nothing is asserted.
+to cdsfusion, and the CPU time per instance of the receiver (its whole process tree, forked
+or spawned children included) and of the storescu senders, read from ``/proc``: where the
+senders and the receiver share the machine's cores, the sum bounds the rate. Figures only:
+nothing is asserted.
 
     .venv/bin/python bench/dicom_ingest.py --small 400 --large 100 --processes 1
 """
@@ -115,6 +118,26 @@ def send(port: int, aet: str, paths: list[Path], associations: int) -> float:
     return elapsed
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its descendants (reaped children included), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:  # gone, or no /proc: counts nothing
+        return 0.0
+    own = sum(int(f) for f in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
+    return own + sum(tree_cpu_s(int(child)) for child in children)
+
+
+def sender_cpu_s() -> float:
+    """CPU seconds of this process's reaped children (the storescu senders)."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
 def wait_port(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,7 +149,7 @@ def wait_port(port: int, timeout: float = 60) -> None:
 
 
 @contextmanager
-def cdsfusion(work: Path, processes: int) -> Iterator[tuple[int, str]]:
+def cdsfusion(work: Path, processes: int) -> Iterator[tuple[int, str, int]]:
     port, http = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDSFUSION_")}
     env.update(
@@ -155,7 +178,7 @@ def cdsfusion(work: Path, processes: int) -> Iterator[tuple[int, str]]:
                 raise RuntimeError(f"cdsfusion serve did not start; see {work / 'serve.log'}")
             time.sleep(0.3)
         time.sleep(1.0 if processes > 1 else 0)  # let the receiver processes bind
-        yield port, "CDSFUSION"
+        yield port, "CDSFUSION", proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -163,7 +186,7 @@ def cdsfusion(work: Path, processes: int) -> Iterator[tuple[int, str]]:
 
 
 @contextmanager
-def storescp(work: Path) -> Iterator[tuple[int, str]]:
+def storescp(work: Path) -> Iterator[tuple[int, str, int]]:
     port = free_port()
     out = work / "storescp"
     out.mkdir()
@@ -175,14 +198,14 @@ def storescp(work: Path) -> Iterator[tuple[int, str]]:
     )
     try:
         wait_port(port)
-        yield port, "ANY-SCP"
+        yield port, "ANY-SCP", proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
 @contextmanager
-def orthanc(work: Path) -> Iterator[tuple[int, str]]:
+def orthanc(work: Path) -> Iterator[tuple[int, str, int]]:
     port, http = free_port(), free_port()
     config = {
         "Name": "bench",
@@ -204,7 +227,7 @@ def orthanc(work: Path) -> Iterator[tuple[int, str]]:
     )
     try:
         wait_port(port)
-        yield port, "ORTHANC"
+        yield port, "ORTHANC", proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -221,6 +244,7 @@ def main() -> None:
         peer_tool(tool)  # exits when missing
     targets = ("cdsfusion", "storescp", "orthanc")
     results: dict[tuple[str, str, int], float] = {}
+    cpu: dict[tuple[str, str, int], tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="dicom-bench-") as tmp:
         root = Path(tmp)
         for name in targets:
@@ -232,14 +256,19 @@ def main() -> None:
                 context = storescp(work)
             else:
                 context = orthanc(work)
-            with context as (port, aet):
+            with context as (port, aet, pid):
                 for size, count in (("39kB", args.small), ("0.5MB", args.large)):
                     for assocs in args.associations:
                         files = make_instances(
                             root / "data" / f"{name}-{size}-{assocs}", count, large=size != "39kB"
                         )
+                        receiver, sender = tree_cpu_s(pid), sender_cpu_s()
                         seconds = send(port, aet, files, assocs)
                         results[(name, size, assocs)] = count / seconds
+                        cpu[(name, size, assocs)] = (
+                            1000 * (tree_cpu_s(pid) - receiver) / count,
+                            1000 * (sender_cpu_s() - sender) / count,
+                        )
                         print(f"{name:10s} {size:6s} {assocs} assoc: {count / seconds:8.1f} inst/s")
     print()
     print(f"cdsfusion receiver processes: {args.processes}; CPUs: {os.cpu_count()}")
@@ -253,6 +282,16 @@ def main() -> None:
             print(
                 f"{size:6s} {assocs:5d} {cds:10.1f} {scp:10.1f} {orth:10.1f}"
                 f" {cds / scp:8.2f} {cds / orth:11.2f}"
+            )
+    print()
+    print("CPU ms per instance, receiver (process tree) + storescu senders:")
+    print(f"{'size':6s} {'assoc':>5s} " + " ".join(f"{t:>17s}" for t in targets))
+    for size in ("39kB", "0.5MB"):
+        for assocs in args.associations:
+            cells = (cpu[(t, size, assocs)] for t in targets)
+            print(
+                f"{size:6s} {assocs:5d} "
+                + " ".join(f"{f'{rx:.2f} + {tx:.2f}':>17s}" for rx, tx in cells)
             )
 
 
