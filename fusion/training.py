@@ -584,7 +584,8 @@ def start_from_teachers(model: FusionModel, teachers: dict[str, FusionModel]) ->
 
     The copied parameters are recorded in ``model.from_teachers`` (so :func:`fit` trains
     them at ``teacher_encoder_lr_scale`` times the learning rate) and returned; with a
-    factor of 0 they are frozen (no gradient, left out of the optimizer).
+    factor of 0 they are frozen (no gradient, left out of the optimizer, and kept in
+    eval mode by :meth:`FusionModel.train`, so BatchNorm statistics do not move either).
 
     Raises:
         ValueError: When a teacher is missing or sees other modalities.

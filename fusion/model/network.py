@@ -179,6 +179,19 @@ class FusionModel(nn.Module):
         #: Parameters started from single-modality teachers (training only).
         self.from_teachers: frozenset[str] = frozenset()
 
+    def train(self, mode: bool = True) -> FusionModel:
+        """Training mode, except for a part whose parameters are all frozen (an encoder
+        copied from its teacher with ``teacher_encoder_lr_scale`` 0): it stays in eval
+        mode, so its BatchNorm statistics do not move and it computes what it computed
+        in its teacher."""
+        super().train(mode)
+        if mode:
+            for child in self.children():
+                params = list(child.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    child.eval()
+        return self
+
     def restrict(self, batch: Batch) -> Batch:
         """The batch with every modality outside ``config.modalities`` hidden."""
         if set(self.config.modalities) == set(MODALITIES):

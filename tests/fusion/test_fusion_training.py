@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fusion import training
-from fusion.config import FusionConfig, preset
+from fusion.config import FusionConfig, ImageConfig, preset
 from fusion.errors import ConfigError
 from fusion.features import Featurizer
 from fusion.metrics import auroc
@@ -361,3 +361,36 @@ def test_encoders_start_from_their_teachers_at_a_lower_learning_rate(
         assert (id(p) in optimized) is p.requires_grad is (name not in copied), name
     with pytest.raises(ValueError, match="notes"):
         training.start_from_teachers(model, {"image": image})
+
+
+def test_frozen_teacher_encoders_stay_exactly_the_teachers_through_training(
+    data: dict[str, object],
+) -> None:
+    """Frozen means the whole module: the CNN's BatchNorm statistics (buffers, not
+    parameters) must not move with the fused model's batches either."""
+    featurizer = data["featurizer"]
+    items, labels = data["train"], data["train_y"]
+    assert isinstance(featurizer, Featurizer)
+    assert isinstance(items, list) and isinstance(labels, np.ndarray)
+    config = preset("tiny")
+    config.image = ImageConfig(kind="cnn", image_size=32, hidden_size=32, num_layers=2)
+    config.train.epochs, config.train.teacher_init = 1, True
+    config.train.teacher_encoder_lr_scale = 0.0
+    teachers = {
+        m: build_model(
+            training.config_for_ablation(config, f"only_{m}"),
+            featurizer.n_codes,
+            featurizer.vocab_size,
+        )
+        for m in ("image", "notes")
+    }
+    model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
+    training.start_from_teachers(model, teachers)
+    fit(model, items[:96], labels[:96], items[96:128], labels[96:128], show_progress=False)
+    for name, teacher in (("image", teachers["image"]), ("notes", teachers["notes"])):
+        kept, given = getattr(model, name).state_dict(), getattr(teacher, name).state_dict()
+        assert any("running_mean" in key for key in kept) or name != "image"
+        for key, value in given.items():
+            assert torch.equal(kept[key], value), f"{name}.{key}"
+    model.train()
+    assert not model.image.training and model.head.training
