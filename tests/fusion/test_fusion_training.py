@@ -14,6 +14,7 @@ from fusion.config import FusionConfig, ImageConfig, preset
 from fusion.errors import ConfigError
 from fusion.features import Featurizer
 from fusion.metrics import auroc
+from fusion.model import FusionModel
 from fusion.synthetic import generate_cohort
 from fusion.training import build_model, calibrate, fit, predict_logits
 
@@ -316,14 +317,9 @@ def test_distilled_training_trains_the_teachers_first(
     assert started and started[-1] == config.name  # the fused model started from them
 
 
-def test_encoders_start_from_their_teachers_at_a_lower_learning_rate(
-    data: dict[str, object],
-) -> None:
-    featurizer = data["featurizer"]
-    assert isinstance(featurizer, Featurizer)
-    config = preset("tiny")
-    config.train.teacher_init, config.train.teacher_encoder_lr_scale = True, 0.25
-    teachers = {
+def _untrained_teachers(config: FusionConfig, featurizer: Featurizer) -> dict[str, FusionModel]:
+    """Image and notes single-modality models of ``config``, as teachers (untrained)."""
+    return {
         m: build_model(
             training.config_for_ablation(config, f"only_{m}"),
             featurizer.n_codes,
@@ -331,6 +327,16 @@ def test_encoders_start_from_their_teachers_at_a_lower_learning_rate(
         )
         for m in ("image", "notes")
     }
+
+
+def test_encoders_start_from_their_teachers_at_a_lower_learning_rate(
+    data: dict[str, object],
+) -> None:
+    featurizer = data["featurizer"]
+    assert isinstance(featurizer, Featurizer)
+    config = preset("tiny")
+    config.train.teacher_init, config.train.teacher_encoder_lr_scale = True, 0.25
+    teachers = _untrained_teachers(config, featurizer)
     for m, teacher in teachers.items():
         assert teacher.config.train.teacher_init is False
         with torch.no_grad():
@@ -376,14 +382,7 @@ def test_frozen_teacher_encoders_stay_exactly_the_teachers_through_training(
     config.image = ImageConfig(kind="cnn", image_size=32, hidden_size=32, num_layers=2)
     config.train.epochs, config.train.teacher_init = 1, True
     config.train.teacher_encoder_lr_scale = 0.0
-    teachers = {
-        m: build_model(
-            training.config_for_ablation(config, f"only_{m}"),
-            featurizer.n_codes,
-            featurizer.vocab_size,
-        )
-        for m in ("image", "notes")
-    }
+    teachers = _untrained_teachers(config, featurizer)
     model = build_model(config, featurizer.n_codes, featurizer.vocab_size)
     training.start_from_teachers(model, teachers)
     fit(model, items[:96], labels[:96], items[96:128], labels[96:128], show_progress=False)
