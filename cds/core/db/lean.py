@@ -41,7 +41,8 @@ class LeanStatement:
         names: parameter names, in the statement's order for positional paramstyles.
         positional: the driver takes a sequence (``qmark``), else a mapping (``pyformat``).
         fixed: values the statement carries itself (literals compared against).
-        binds: the parameters whose type converts the value for the driver.
+        binds: each parameter once, with the processor (or None) that converts its value
+            for the driver.
         results: one processor (or None) per result column; empty for no rows.
     """
 
@@ -49,7 +50,7 @@ class LeanStatement:
     names: tuple[str, ...]
     positional: bool
     fixed: Mapping[str, Any]
-    binds: tuple[tuple[str, Processor], ...]
+    binds: tuple[tuple[str, Processor | None], ...]
     results: tuple[Processor | None, ...]
 
     @classmethod
@@ -69,23 +70,21 @@ class LeanStatement:
         if prefetched:
             names_ = ", ".join(sorted({str(c.key) for c in prefetched}))
             raise ValueError(f"column defaults computed per execution ({names_}): name them")
-        fixed = {}
+        fixed: dict[str, Any] = {}
+        processors: dict[str, Processor | None] = {}
         for param, name in params.items():
             if not param.required:
                 if param.callable is not None:
                     raise ValueError(f"parameter {name} has a value computed per execution")
                 fixed[name] = param.value
-        binds = []
-        for param, name in params.items():
-            processor = param.type.dialect_impl(dialect).bind_processor(dialect)
-            if processor is not None:
-                binds.append((name, processor))
+            processors[name] = param.type.dialect_impl(dialect).bind_processor(dialect)
+        binds = tuple((name, processors[name]) for name in dict.fromkeys(names))
         returns_rows = bool(getattr(statement, "is_select", False) or compiled.returning)
         columns = getattr(statement, "exported_columns", ()) if returns_rows else ()
         results = tuple(
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         )
-        return cls(compiled.string, names, positional, fixed, tuple(binds), results)
+        return cls(compiled.string, names, positional, fixed, binds, results)
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run once with ``params`` (by name); the result rows, processed."""
@@ -110,9 +109,10 @@ class LeanStatement:
             cursor.close()
 
     def _driver_params(self, params: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
-        values = {name: params[name] if name in params else self.fixed[name] for name in self.names}
+        values: dict[str, Any] = {}
         for name, processor in self.binds:
-            values[name] = processor(values[name])
+            value = params[name] if name in params else self.fixed[name]
+            values[name] = value if processor is None else processor(value)
         if self.positional:
             return tuple(values[name] for name in self.names)
         return values
