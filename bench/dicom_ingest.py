@@ -7,7 +7,11 @@ associations (4 storescu processes) to:
 * cdsfusion: ``cdsfusion serve`` on SQLite in a temporary directory; every success means
   the file is fsync'd and the index committed;
 * DCMTK ``storescp --fork`` writing files (no fsync, no index);
-* Orthanc with its default SQLite index and storage (``TCP_NODELAY=1`` too).
+* Orthanc with its default SQLite index and storage (``TCP_NODELAY=1`` too);
+* two ceilings (:mod:`bench.dicom_ul_ceiling`, skipped with ``--no-ceilings``): the
+  engine's own upper layer answering success with no storage at all (``ul-null``), and
+  writing one plain file per instance with no fsync and no index (``ul-files``, what
+  storescp does). They bound what the durable, indexed path can reach on this machine.
 
 Every run sends fresh SOP Instance UIDs. Prints instances/s for each target and the ratios
 to cdsfusion, and the CPU time per instance of the receiver (its whole process tree, forked
@@ -16,11 +20,16 @@ senders and the receiver share the machine's cores, the sum bounds the rate. Fig
 nothing is asserted.
 
     .venv/bin/python bench/dicom_ingest.py --small 400 --large 100 --processes 1
+
+``--postgres URL`` indexes into a fresh database on that PostgreSQL server instead of
+SQLite (created and dropped by the run), where ``--processes`` > 1 receiver processes
+write in parallel rather than taking turns.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +49,7 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import create_engine, make_url, text
 
 CLI = str(Path(sys.executable).with_name("cdsfusion"))
 
@@ -149,12 +160,29 @@ def wait_port(port: int, timeout: float = 60) -> None:
 
 
 @contextmanager
-def cdsfusion(work: Path, processes: int) -> Iterator[tuple[int, str, int]]:
+def fresh_postgres(admin_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on ``admin_url``'s server, dropped afterwards."""
+    name = f"cdsfusion_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def cdsfusion(
+    work: Path, processes: int, database_url: str | None = None
+) -> Iterator[tuple[int, str, int]]:
     port, http = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDSFUSION_")}
     env.update(
         CDSFUSION_DATA_DIR=str(work / "var"),
-        CDSFUSION_DATABASE_URL=f"sqlite:///{work / 'var' / 'cdsfusion.db'}",
+        CDSFUSION_DATABASE_URL=database_url or f"sqlite:///{work / 'var' / 'cdsfusion.db'}",
         CDSFUSION_HTTP_PORT=str(http),
         CDSFUSION_DICOM_PORT=str(port),
         CDSFUSION_MLLP_PORT="0",
@@ -205,6 +233,25 @@ def storescp(work: Path) -> Iterator[tuple[int, str, int]]:
 
 
 @contextmanager
+def ceiling(work: Path, mode: str) -> Iterator[tuple[int, str, int]]:
+    from bench.dicom_ul_ceiling import AE_TITLE
+
+    port = free_port()
+    command = [sys.executable, "-m", "bench.dicom_ul_ceiling", "--mode", mode, "--port", str(port)]
+    if mode == "files":
+        command += ["--directory", str(work / "files")]
+    proc = subprocess.Popen(
+        command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_port(port)
+        yield port, AE_TITLE, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
 def orthanc(work: Path) -> Iterator[tuple[int, str, int]]:
     port, http = free_port(), free_port()
     config = {
@@ -239,23 +286,37 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=100, help="M large (0.5 MB) instances")
     parser.add_argument("--processes", type=int, default=1, help="cdsfusion receiver processes")
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="index into a fresh database on this PostgreSQL server instead of SQLite",
+    )
+    parser.add_argument(
+        "--no-ceilings", action="store_true", help="skip the ul-null and ul-files ceilings"
+    )
     args = parser.parse_args()
     for tool in ("storescu", "storescp", "Orthanc"):
         peer_tool(tool)  # exits when missing
-    targets = ("cdsfusion", "storescp", "orthanc")
+    targets: tuple[str, ...] = ("cdsfusion", "storescp", "orthanc")
+    if not args.no_ceilings:
+        targets += ("ul-null", "ul-files")
     results: dict[tuple[str, str, int], float] = {}
     cpu: dict[tuple[str, str, int], tuple[float, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="dicom-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="dicom-bench-"))
+        database_url = stack.enter_context(fresh_postgres(args.postgres)) if args.postgres else None
         root = Path(tmp)
         for name in targets:
             work = root / name
             work.mkdir()
             if name == "cdsfusion":
-                context = cdsfusion(work, args.processes)
+                context = cdsfusion(work, args.processes, database_url)
             elif name == "storescp":
                 context = storescp(work)
-            else:
+            elif name == "orthanc":
                 context = orthanc(work)
+            else:
+                context = ceiling(work, name.removeprefix("ul-"))
             with context as (port, aet, pid):
                 for size, count in (("39kB", args.small), ("0.5MB", args.large)):
                     for assocs in args.associations:
@@ -271,18 +332,26 @@ def main() -> None:
                         )
                         print(f"{name:10s} {size:6s} {assocs} assoc: {count / seconds:8.1f} inst/s")
     print()
-    print(f"cdsfusion receiver processes: {args.processes}; CPUs: {os.cpu_count()}")
+    store = "PostgreSQL" if args.postgres else "SQLite"
+    print(f"cdsfusion receiver processes: {args.processes} ({store}); CPUs: {os.cpu_count()}")
     print(
-        f"{'size':6s} {'assoc':>5s} {'cdsfusion':>10s} {'storescp':>10s} {'orthanc':>10s}"
-        f" {'cds/scp':>8s} {'cds/orthanc':>11s}"
+        f"{'size':6s} {'assoc':>5s} "
+        + " ".join(f"{t:>10s}" for t in targets)
+        + f" {'cds/scp':>8s} {'cds/orthanc':>11s}"
+        + ("" if args.no_ceilings else f" {'null/scp':>8s} {'files/scp':>9s}")
     )
     for size in ("39kB", "0.5MB"):
         for assocs in args.associations:
-            cds, scp, orth = (results[(t, size, assocs)] for t in targets)
-            print(
-                f"{size:6s} {assocs:5d} {cds:10.1f} {scp:10.1f} {orth:10.1f}"
-                f" {cds / scp:8.2f} {cds / orth:11.2f}"
+            rate = {t: results[(t, size, assocs)] for t in targets}
+            scp = rate["storescp"]
+            line = (
+                f"{size:6s} {assocs:5d} "
+                + " ".join(f"{rate[t]:10.1f}" for t in targets)
+                + f" {rate['cdsfusion'] / scp:8.2f} {rate['cdsfusion'] / rate['orthanc']:11.2f}"
             )
+            if not args.no_ceilings:
+                line += f" {rate['ul-null'] / scp:8.2f} {rate['ul-files'] / scp:9.2f}"
+            print(line)
     print()
     print("CPU ms per instance, receiver (process tree) + storescu senders:")
     print(f"{'size':6s} {'assoc':>5s} " + " ".join(f"{t:>17s}" for t in targets))
