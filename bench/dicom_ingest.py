@@ -21,7 +21,7 @@ nothing is asserted.
 
     .venv/bin/python bench/dicom_ingest.py --small 400 --large 100 --processes 1
 
-``--postgres URL`` indexes into a fresh database on that PostgreSQL server instead of
+``--postgres [URL]`` indexes into a fresh database on that PostgreSQL server instead of
 SQLite (created and dropped by the run), where ``--processes`` > 1 receiver processes
 write in parallel rather than taking turns.
 """
@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,7 +48,9 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from sqlalchemy import create_engine, make_url, text
+
+from bench.dicom_ul_ceiling import AE_TITLE as CEILING_AE_TITLE
+from bench.pg import DEFAULT_SERVER, create_database, drop_database
 
 CLI = str(Path(sys.executable).with_name("cdsfusion"))
 
@@ -160,18 +161,13 @@ def wait_port(port: int, timeout: float = 60) -> None:
 
 
 @contextmanager
-def fresh_postgres(admin_url: str) -> Iterator[str]:
-    """The URL of a new, empty database on ``admin_url``'s server, dropped afterwards."""
-    name = f"cdsfusion_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+def fresh_postgres(server: str) -> Iterator[str]:
+    """The URL of a new, empty database on ``server``, dropped afterwards."""
+    name, url = create_database(server, "cdsfusion_bench_dicom")
     try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(server, name)
 
 
 @contextmanager
@@ -234,8 +230,6 @@ def storescp(work: Path) -> Iterator[tuple[int, str, int]]:
 
 @contextmanager
 def ceiling(work: Path, mode: str) -> Iterator[tuple[int, str, int]]:
-    from bench.dicom_ul_ceiling import AE_TITLE
-
     port = free_port()
     command = [sys.executable, "-m", "bench.dicom_ul_ceiling", "--mode", mode, "--port", str(port)]
     if mode == "files":
@@ -245,7 +239,7 @@ def ceiling(work: Path, mode: str) -> Iterator[tuple[int, str, int]]:
     )
     try:
         wait_port(port)
-        yield port, AE_TITLE, proc.pid
+        yield port, CEILING_AE_TITLE, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -289,7 +283,10 @@ def main() -> None:
     parser.add_argument(
         "--postgres",
         metavar="URL",
-        help="index into a fresh database on this PostgreSQL server instead of SQLite",
+        nargs="?",
+        const=DEFAULT_SERVER,
+        help="index into a fresh database on this PostgreSQL server instead of SQLite"
+        f" (default server: {DEFAULT_SERVER})",
     )
     parser.add_argument(
         "--no-ceilings", action="store_true", help="skip the ul-null and ul-files ceilings"

@@ -76,9 +76,7 @@ class CeilingService:
         self.count += 1
         if self.directory is not None:
             meta = file_meta_bytes(
-                sop_class=sop_class.strip("\0 "),
-                sop_instance=sop_instance.strip("\0 "),
-                transfer_syntax=transfer_syntax,
+                sop_class=sop_class, sop_instance=sop_instance, transfer_syntax=transfer_syntax
             )
             path = self.directory / f"{self.count:08d}.dcm"
             with path.open("wb") as handle:
