@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds.core.db.models import SourceItem
+from cds.core.db.session import read_only
 from cds.core.db.types import utcnow
 from cds.core.runtime import EngineContext
 from connectors.dicom.batch import BatchIndexer
@@ -223,7 +224,7 @@ class DicomListener:
             delay = DETECTOR_MAX_SLEEP_S
             try:
                 self.detect_once()
-                with self.ctx.session_factory() as session:
+                with read_only(self.ctx.session_factory) as session:
                     due = next_due_at(session=session)
                 if due is not None:
                     delay = min(delay, max((due - utcnow()).total_seconds(), 0.05))

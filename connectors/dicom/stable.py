@@ -49,7 +49,7 @@ from cds.core.db.models import (
     StudyState,
     TimelineEvent,
 )
-from cds.core.db.session import transaction
+from cds.core.db.session import read_only, transaction
 from cds.core.repository.ingest import ingest_item
 from connectors.dicom.routing import RoutingRules
 
@@ -228,7 +228,7 @@ def complete_due_studies(
     limit: int = 100,
 ) -> list[CompletedStudy]:
     """One detector pass: complete every due study, one transaction each."""
-    with session_factory() as session:
+    with read_only(session_factory) as session:
         ids = due_study_ids(session=session, now=now, limit=limit)
     done: list[CompletedStudy] = []
     for study_id in ids:

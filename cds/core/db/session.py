@@ -87,10 +87,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: Execution option of a session that only reads (:func:`read_only`).
+READ_ONLY = "cdsfusion_read_only"
+
+
 def _sqlite_begin_immediate(connection: Any) -> None:
     # Take the write lock at BEGIN so concurrent writers queue instead of failing with
-    # "database is locked" when a read transaction tries to upgrade.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # "database is locked" when a read transaction tries to upgrade. A read-only session
+    # (``read_only``) begins deferred: in WAL mode it reads a snapshot without the lock, so
+    # it never makes a writer wait (nor waits for one), and ``query_only`` makes any write
+    # in it fail at once instead of upgrading.
+    read_only = bool(connection.get_execution_options().get(READ_ONLY, False))
+    info = connection.connection.info
+    if info.get(READ_ONLY, False) != read_only:
+        connection.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+        info[READ_ONLY] = read_only
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -102,6 +114,19 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
+        yield session
+
+
+@contextmanager
+def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that only reads; its transaction ends (rolled back) when the block ends.
+
+    On SQLite it does not take the write lock (see ``_sqlite_begin_immediate``): a poller
+    that runs while the DICOM writer commits batch after batch neither stalls the writer
+    nor waits for it, and a write attempted in it fails (``attempt to write a readonly
+    database``). Elsewhere it is a plain session.
+    """
+    with factory(execution_options={READ_ONLY: True}) as session:
         yield session
 
 

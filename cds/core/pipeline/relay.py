@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cds.core.db.models import OutboxMessage, OutboxState
-from cds.core.db.session import transaction
+from cds.core.db.session import read_only, transaction
 from cds.core.db.types import utcnow
 from cds.core.pipeline.handlers import Handler
 from cds.core.pipeline.jobs import RetryPolicy, sweep
@@ -117,7 +117,7 @@ class OutboxRelay:
     def drain(self) -> int:
         """Deliver due messages once; returns how many were handled."""
         topics = list(self._handlers)
-        with transaction(self._ctx.session_factory) as session:
+        with read_only(self._ctx.session_factory) as session:
             ids = list(
                 session.scalars(
                     select(OutboxMessage.id)
