@@ -13,8 +13,11 @@ associations (4 storescu processes) to:
   writing one plain file per instance with no fsync and no index (``ul-files``, what
   storescp does). They bound what the durable, indexed path can reach on this machine.
 
-Every run sends fresh SOP Instance UIDs. Prints instances/s for each target and the ratios
-to cdsfusion, and the CPU time per instance of the receiver (its whole process tree, forked
+All targets run side by side; each cell (size, associations) is sent to every target in
+turn, ``--rounds`` times with the order rotating, and the medians are printed: the machine's
+drift over minutes (other tenants of a virtual machine, the filesystem's state after a large
+deletion) then weighs on every target alike instead of on whichever ran first. Every send
+uses fresh SOP Instance UIDs. Prints instances/s for each target and the ratios to cdsfusion, and the CPU time per instance of the receiver (its whole process tree, forked
 or spawned children included) and of the storescu senders, read from ``/proc``: where the
 senders and the receiver share the machine's cores, the sum bounds the rate. Figures only:
 nothing is asserted.
@@ -35,6 +38,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -291,18 +295,25 @@ def main() -> None:
     parser.add_argument(
         "--no-ceilings", action="store_true", help="skip the ul-null and ul-files ceilings"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="send each cell this many times to every target, in rotating order; medians",
+    )
     args = parser.parse_args()
     for tool in ("storescu", "storescp", "Orthanc"):
         peer_tool(tool)  # exits when missing
     targets: tuple[str, ...] = ("cdsfusion", "storescp", "orthanc")
     if not args.no_ceilings:
         targets += ("ul-null", "ul-files")
-    results: dict[tuple[str, str, int], float] = {}
-    cpu: dict[tuple[str, str, int], tuple[float, float]] = {}
+    rates: dict[tuple[str, str, int], list[float]] = {}
+    cpus: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="dicom-bench-"))
         database_url = stack.enter_context(fresh_postgres(args.postgres)) if args.postgres else None
         root = Path(tmp)
+        running: dict[str, tuple[int, str, int]] = {}
         for name in targets:
             work = root / name
             work.mkdir()
@@ -314,23 +325,46 @@ def main() -> None:
                 context = orthanc(work)
             else:
                 context = ceiling(work, name.removeprefix("ul-"))
-            with context as (port, aet, pid):
-                for size, count in (("39kB", args.small), ("0.5MB", args.large)):
-                    for assocs in args.associations:
+            running[name] = stack.enter_context(context)
+        # Every target runs all along and each cell goes to all of them in turn, the order
+        # rotating from round to round: the machine's drift over minutes (other tenants,
+        # the filesystem's state) then weighs on every target alike.
+        for size, count in (("39kB", args.small), ("0.5MB", args.large)):
+            for assocs in args.associations:
+                for round_ in range(args.rounds):
+                    shift = round_ % len(targets)
+                    for name in targets[shift:] + targets[:shift]:
+                        port, aet, pid = running[name]
                         files = make_instances(
-                            root / "data" / f"{name}-{size}-{assocs}", count, large=size != "39kB"
+                            root / "data" / f"{name}-{size}-{assocs}-{round_}",
+                            count,
+                            large=size != "39kB",
                         )
                         receiver, sender = tree_cpu_s(pid), sender_cpu_s()
                         seconds = send(port, aet, files, assocs)
-                        results[(name, size, assocs)] = count / seconds
-                        cpu[(name, size, assocs)] = (
-                            1000 * (tree_cpu_s(pid) - receiver) / count,
-                            1000 * (sender_cpu_s() - sender) / count,
+                        rates.setdefault((name, size, assocs), []).append(count / seconds)
+                        cpus.setdefault((name, size, assocs), []).append(
+                            (
+                                1000 * (tree_cpu_s(pid) - receiver) / count,
+                                1000 * (sender_cpu_s() - sender) / count,
+                            )
                         )
-                        print(f"{name:10s} {size:6s} {assocs} assoc: {count / seconds:8.1f} inst/s")
+                        print(
+                            f"{name:10s} {size:6s} {assocs} assoc round {round_ + 1}:"
+                            f" {count / seconds:8.1f} inst/s",
+                            flush=True,
+                        )
+    results = {key: statistics.median(values) for key, values in rates.items()}
+    cpu = {
+        key: (statistics.median(rx for rx, _ in values), statistics.median(tx for _, tx in values))
+        for key, values in cpus.items()
+    }
     print()
     store = "PostgreSQL" if args.postgres else "SQLite"
-    print(f"cdsfusion receiver processes: {args.processes} ({store}); CPUs: {os.cpu_count()}")
+    print(
+        f"cdsfusion receiver processes: {args.processes} ({store}); CPUs: {os.cpu_count()};"
+        f" medians of {args.rounds} rounds"
+    )
     print(
         f"{'size':6s} {'assoc':>5s} "
         + " ".join(f"{t:>10s}" for t in targets)
