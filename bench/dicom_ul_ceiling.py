@@ -25,13 +25,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from connectors.dicom.receive import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    file_meta_bytes,
-)
-from connectors.dicom.scp import TRANSFER_SYNTAX_PREFERENCE, VERIFICATION, storage_sop_classes
-from connectors.dicom.ul import AcceptorConfig, UpperLayerServer
+from cds.core.settings import Settings
+from connectors.dicom.receive import file_meta_bytes
+from connectors.dicom.scp import VERIFICATION, acceptor_config, storage_sop_classes
+from connectors.dicom.ul import UpperLayerServer
 
 AE_TITLE = "CEILING"
 
@@ -113,14 +110,12 @@ def main() -> None:
 
 def make_server(service: CeilingService, *, port: int) -> UpperLayerServer:
     """The engine's upper layer on loopback ``port`` (0: any free one), behind ``service``."""
-    config = AcceptorConfig(
+    defaults = Settings.model_fields
+    config = acceptor_config(
         ae_title=AE_TITLE,
-        max_pdu_size=262144,
-        max_associations=16,
+        max_pdu_size=defaults["dicom_max_pdu_size"].default,
+        max_associations=defaults["dicom_max_associations"].default,
         abstract_syntaxes=storage_sop_classes() | {VERIFICATION},
-        transfer_syntax_preference=tuple(str(ts) for ts in TRANSFER_SYNTAX_PREFERENCE),
-        implementation_class_uid=str(IMPLEMENTATION_CLASS_UID),
-        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
     )
     return UpperLayerServer(config, service, host="127.0.0.1", port=port)
 

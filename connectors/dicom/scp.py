@@ -105,6 +105,26 @@ def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
     return read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
 
 
+def acceptor_config(
+    *, ae_title: str, max_pdu_size: int, max_associations: int, abstract_syntaxes: frozenset[str]
+) -> AcceptorConfig:
+    """What the SCP's upper layer negotiates: the given AE title, limits and abstract
+    syntaxes, with the SCP's transfer syntax preference, implementation identity and
+    timeouts."""
+    return AcceptorConfig(
+        ae_title=ae_title,
+        max_pdu_size=max_pdu_size,
+        max_associations=max_associations,
+        abstract_syntaxes=abstract_syntaxes,
+        transfer_syntax_preference=tuple(str(ts) for ts in TRANSFER_SYNTAX_PREFERENCE),
+        implementation_class_uid=str(IMPLEMENTATION_CLASS_UID),
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        acse_timeout_s=30.0,
+        network_timeout_s=300.0,
+        tls_handshake_timeout_s=TLS_HANDSHAKE_TIMEOUT_S,
+    )
+
+
 class StorageSCP:
     """The application behind the Upper Layer, for one process (a :class:`.ul.ServiceUser`).
 
@@ -132,17 +152,11 @@ class StorageSCP:
         self.metrics = metrics
         _config.LOG_HANDLER_LEVEL = "none"  # commitment reports: no per-PDU logs, no PHI
         self.storage_classes = storage_sop_classes()
-        self.config = AcceptorConfig(
+        self.config = acceptor_config(
             ae_title=settings.dicom_ae_title,
             max_pdu_size=settings.dicom_max_pdu_size,
             max_associations=settings.dicom_max_associations,
             abstract_syntaxes=self.storage_classes | {VERIFICATION, STORAGE_COMMITMENT_PUSH_MODEL},
-            transfer_syntax_preference=tuple(str(ts) for ts in TRANSFER_SYNTAX_PREFERENCE),
-            implementation_class_uid=str(IMPLEMENTATION_CLASS_UID),
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-            acse_timeout_s=30.0,
-            network_timeout_s=300.0,
-            tls_handshake_timeout_s=TLS_HANDSHAKE_TIMEOUT_S,
         )
 
     def make_server(
