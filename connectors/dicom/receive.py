@@ -22,8 +22,11 @@ import contextlib
 import functools
 import logging
 import struct
+import threading
 import time
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -146,6 +149,9 @@ class InstanceReceiver:
         self.store = store
         self.writer = writer
         self.metrics = metrics
+        self._settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Settler] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def reserve(self) -> Reservation[IndexRequest, IndexOutcome]:
         """A place in a coming index batch, taken when a C-STORE request starts arriving."""
@@ -247,10 +253,10 @@ class InstanceReceiver:
         """Submit to the writer and await the commit of the batch that holds ``request``."""
         loop = asyncio.get_running_loop()
         committed: asyncio.Future[IndexOutcome] = loop.create_future()
-
-        def on_done(outcome: IndexOutcome | None, error: BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-                loop.call_soon_threadsafe(_settle, committed, outcome, error)
+        settler = self._settlers.get(loop)
+        if settler is None:
+            settler = self._settlers[loop] = _Settler(loop)
+        on_done = functools.partial(settler.settle, committed)
 
         try:
             place.submit(request, on_done)
@@ -283,6 +289,43 @@ class InstanceReceiver:
 #: Data sets larger than this (bytes) are read and written in a worker thread instead of
 #: on the event loop.
 INLINE_LIMIT = 4 << 20
+
+
+class _Settler:
+    """Hands the writer's answers to one event loop, one wake-up per batch.
+
+    The writer answers the requests of a batch one after the other from its thread; each
+    ``call_soon_threadsafe`` writes to the loop's self-pipe and wakes it. Answers that
+    arrive while a hand-over is already scheduled join it, so a batch of four wakes the
+    loop once instead of four times.
+    """
+
+    __slots__ = ("_lock", "_loop", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Future[IndexOutcome], Any, Any]] = []
+
+    def settle(
+        self,
+        future: asyncio.Future[IndexOutcome],
+        outcome: IndexOutcome | None,
+        error: BaseException | None,
+    ) -> None:
+        """Called on the writer thread: resolve ``future`` on the loop, soon."""
+        with self._lock:
+            self._pending.append((future, outcome, error))
+            if len(self._pending) > 1:
+                return  # a hand-over is scheduled and will take this one too
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for future, outcome, error in pending:
+            _settle(future, outcome, error)
 
 
 def _settle(

@@ -17,7 +17,8 @@ each file and then each distinct directory is fsync'd. A failed flush fails the 
 Crash windows (``kill -9`` or power loss) and why none loses or corrupts an acknowledged
 instance:
 
-* before the link: only a ``.tmp`` file (or nothing) remains; no index row, no success.
+* before the link: nothing remains (an ``O_TMPFILE`` file has no name; where that is
+  unavailable, a ``.tmp`` file may remain); no index row, no success.
 * linked but not yet flushed: the file may survive whole, truncated, or with zeroed
   blocks, but it has no index row and no success was sent, so it is an *orphan*, removed
   by the start-up cleanup once older than the grace period.
@@ -113,6 +114,8 @@ class ContentStore:
         self._fsync = fsync
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
+        #: Files are made unnamed (``O_TMPFILE``) until that proves unsupported here.
+        self._unnamed = _O_TMPFILE is not None
 
     @staticmethod
     def key_for(sha256: str) -> str:
@@ -210,14 +213,23 @@ class ContentStore:
             yield path.relative_to(self.data_dir).as_posix()
 
     def _link_new(self, directory: Path, path: Path, data: bytes, sha: str) -> bool:
-        """Write a temporary file and link it to ``path``; True when ``path`` was linked
-        meanwhile by a concurrent put of the same bytes (``link`` never replaces it).
+        """Write ``data`` to an unnamed file and link it to ``path``; True when ``path`` was
+        linked meanwhile by a concurrent put of the same bytes (``link`` never replaces it).
 
-        On a filesystem without hard links (some network and object-storage mounts) the
-        file is flushed first and then renamed into place: a rename may replace a file that
-        a concurrent put of the same bytes named, but only with bytes already on disk, so
-        no acknowledged file is ever swapped for an unflushed one.
+        On Linux the file is made with ``O_TMPFILE``: it has no name until ``linkat`` gives
+        it its final one, so no temporary name is created and removed per instance, and a
+        crash before the link leaves nothing behind. Where ``O_TMPFILE`` or ``/proc`` is
+        missing, a named temporary file is written and linked instead. On a filesystem
+        without hard links (some network and object-storage mounts) the file is flushed
+        first and then renamed into place: a rename may replace a file that a concurrent
+        put of the same bytes named, but only with bytes already on disk, so no
+        acknowledged file is ever swapped for an unflushed one.
         """
+        if self._unnamed:
+            try:
+                return _link_unnamed(directory, path, data)
+            except _NoUnnamedFilesError:
+                self._unnamed = False
         tmp = directory / f".{sha}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
         try:
             with open(tmp, "wb") as fh:
@@ -280,6 +292,78 @@ class ContentStore:
         if not self._fsync:
             return
         _fsync_path(directory)
+
+
+_O_TMPFILE: int | None = getattr(os, "O_TMPFILE", None)
+#: ``open(2)`` errors of a filesystem or kernel without ``O_TMPFILE`` (EISDIR: a kernel
+#: older than 3.11 reads it as ``O_DIRECTORY``).
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL})
+
+
+class _NoUnnamedFilesError(Exception):
+    """``O_TMPFILE`` files cannot be made or linked here: use named temporary files."""
+
+
+class _ProcFdDir:
+    """This process's ``/proc/self/fd`` directory, opened once per process: a forked
+    child's inherited fd would name the parent's descriptors, so it reopens its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._opened: tuple[int, int] | None = None  # (pid, fd)
+
+    def fd(self) -> int:
+        pid = os.getpid()
+        opened = self._opened
+        if opened is not None and opened[0] == pid:
+            return opened[1]
+        with self._lock:
+            if self._opened is None or self._opened[0] != pid:
+                self._opened = (pid, os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY))
+            return self._opened[1]
+
+
+_proc_fd_dir = _ProcFdDir()
+
+
+def _link_unnamed(directory: Path, path: Path, data: bytes) -> bool:
+    """Write ``data`` to an ``O_TMPFILE`` file in ``directory`` and link it as ``path``;
+    True when ``path`` exists already (the link never replaces it).
+
+    ``linkat`` through ``/proc/self/fd/N`` with ``AT_SYMLINK_FOLLOW`` names the open file
+    (open(2), "O_TMPFILE"); Python's ``os.link`` calls ``linkat`` with that flag when given
+    a ``src_dir_fd`` and ``follow_symlinks=True``.
+
+    Raises:
+        _NoUnnamedFilesError: ``O_TMPFILE``, ``/proc`` or hard links are unavailable here.
+        OSError: the write or the link failed otherwise (the unnamed file vanishes).
+    """
+    assert _O_TMPFILE is not None
+    try:
+        proc = _proc_fd_dir.fd()
+    except OSError as exc:  # no /proc mounted
+        raise _NoUnnamedFilesError from exc
+    try:
+        fd = os.open(directory, _O_TMPFILE | os.O_WRONLY, 0o666)
+    except OSError as exc:
+        if exc.errno in _NO_TMPFILE:
+            raise _NoUnnamedFilesError from exc
+        raise
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        try:
+            os.link(str(fd), path, src_dir_fd=proc, follow_symlinks=True)
+        except FileExistsError:
+            return True
+        except OSError as exc:
+            if exc.errno in _NO_HARD_LINKS:
+                raise _NoUnnamedFilesError from exc
+            raise
+        return False
+    finally:
+        os.close(fd)
 
 
 def _holds(path: Path, data: bytes, sha: str) -> bool:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
+import multiprocessing
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +38,7 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     store = ContentStore(tmp_path)
     store.prepare()
 
-    def broken_link(_src: object, _dst: object) -> None:
+    def broken_link(_src: object, _dst: object, **_kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "link", broken_link)
@@ -102,9 +105,9 @@ def test_a_concurrent_put_of_the_same_bytes_never_replaces_the_file(
     path = store.path_for(ContentStore.key_for(hashlib.sha256(data).hexdigest()))
     real_link = os.link
 
-    def racing_link(src: str, dst: str) -> None:
+    def racing_link(src: str, dst: str, **kwargs: Any) -> None:
         Path(dst).write_bytes(data)  # another association linked it first
-        real_link(src, dst)
+        real_link(src, dst, **kwargs)
 
     monkeypatch.setattr(os, "link", racing_link)
     stored = store.put(data)
@@ -182,7 +185,7 @@ def test_without_hard_links_the_file_is_flushed_before_it_is_named(
     """Object-storage and some network mounts refuse link(2): fsync, then rename."""
     events: list[str] = []
 
-    def no_link(_src: object, _dst: object) -> None:
+    def no_link(_src: object, _dst: object, **_kwargs: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     real_fsync, real_replace = os.fsync, os.replace
@@ -203,3 +206,90 @@ def test_without_hard_links_the_file_is_flushed_before_it_is_named(
     assert store.read(stored.storage_key) == data
     assert not stored.reused
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+needs_tmpfile = pytest.mark.skipif(
+    store_module._O_TMPFILE is None or not Path("/proc/self/fd").is_dir(),
+    reason="O_TMPFILE and /proc are Linux's",
+)
+
+
+@needs_tmpfile
+def test_files_are_written_unnamed_and_linked_once_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No temporary name is made: the file gets its one name once its bytes are written."""
+    opened: list[int] = []
+    real_open = os.open
+
+    def recording_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append(flags)
+        return real_open(path, flags, *args, **kwargs)
+
+    store = ContentStore(tmp_path)
+    store.prepare()
+    monkeypatch.setattr(os, "open", recording_open)
+    data = b"DICM" + os.urandom(100_000)
+    stored = store.put(data)
+    again = store.put(data)
+    monkeypatch.undo()
+    assert store.read(stored.storage_key) == data
+    assert not stored.reused and again.reused
+    tmpfile = store_module._O_TMPFILE
+    assert tmpfile is not None
+    assert [flags & tmpfile == tmpfile for flags in opened] == [True]  # the second put reused
+    path = store.path_for(stored.storage_key)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert path.stat().st_nlink == 1
+
+
+@needs_tmpfile
+def test_without_o_tmpfile_a_named_temporary_file_is_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem that refuses O_TMPFILE (EOPNOTSUPP) is asked once, then skipped."""
+    tmpfile = store_module._O_TMPFILE
+    assert tmpfile is not None
+    refused: list[int] = []
+    real_open = os.open
+
+    def no_tmpfile(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & tmpfile == tmpfile:
+            refused.append(flags)
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    store = ContentStore(tmp_path)
+    store.prepare()
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    first, second = b"DICM one", b"DICM two"
+    keys = [store.put(first).storage_key, store.put(second).storage_key]
+    monkeypatch.undo()
+    assert len(refused) == 1
+    assert [store.read(key) for key in keys] == [first, second]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def _put_in_child(data_dir: str, data: bytes) -> None:
+    stored = ContentStore(Path(data_dir)).put(data)
+    os._exit(0 if ContentStore(Path(data_dir)).read(stored.storage_key) == data else 3)
+
+
+@needs_tmpfile
+def test_a_forked_receiver_links_its_own_files(tmp_path: Path) -> None:
+    """/proc/self/fd opened before a fork names the parent's descriptors: a child that
+    linked through it could name the parent's open file, or fail. Each process opens its
+    own."""
+    store = ContentStore(tmp_path)
+    store.prepare()
+    parent_data = b"DICM parent" + os.urandom(64)
+    store.put(parent_data)  # this process's /proc/self/fd is open now
+    child_data = b"DICM child" + os.urandom(64)
+    child = multiprocessing.get_context("fork").Process(
+        target=_put_in_child, args=(str(tmp_path), child_data)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    key = ContentStore.key_for(hashlib.sha256(child_data).hexdigest())
+    assert store.read(key) == child_data
