@@ -32,8 +32,10 @@ for duplicates and retries only). A damaged one is rewritten, flushed at once an
 under an exclusive ``flock`` (so that two receivers never swap the inode of a file under a
 group that already flushed it). New files are linked with ``link(2)``, which never replaces
 an existing name: a file that some group already flushed and acknowledged is never swapped
-for an unflushed copy. Checking the hash (rather than always rewriting) keeps that property
-and costs a read instead of a write on the rare duplicate path.
+for an unflushed copy. Checking the hash (rather than always rewriting) keeps that property.
+A put links first and looks second: the link of new bytes (the usual case) needs no lookup
+before it, and a duplicate, rare, costs the unnamed write that the failed link discards
+and then the read that checks the existing file.
 
 After a failed flush the page cache may hold bytes the disk does not (Linux marks pages
 clean after a writeback error, and reports the error only once), so the paths of a failed
@@ -169,14 +171,21 @@ class ContentStore:
         pending = absolute if self._fsync else None
         try:
             directory = self._ensure_dir(path.parent)
-            exists = path.exists()
-            if absolute in _suspects or (exists and not _holds(path, data, sha)):
-                self._repair(absolute, data, sha)  # rare: a damaged orphan or a failed flush
+            suspect = absolute in _suspects
+            # New bytes (the usual case) are linked at once, without a lookup first; the
+            # name existing already is the rare case and is checked after.
+            linked = None if suspect else self._link_unnamed(directory, path, data)
+            if linked:
                 reused = False
-            elif exists:  # a duplicate or a retry: the bytes were checked
-                reused = True
             else:
-                reused = self._link_new(directory, path, data, sha)
+                exists = linked is False or path.exists()
+                if suspect or (exists and not _holds(path, data, sha)):
+                    self._repair(absolute, data, sha)  # rare: a damaged orphan or a failed flush
+                    reused = False
+                elif exists:  # a duplicate or a retry: the bytes were checked
+                    reused = True
+                else:
+                    reused = self._link_named(directory, path, data, sha)
         except OSError as exc:
             raise StorageError(f"could not store file {sha[:12]}: {type(exc).__name__}") from exc
         return StoredFile(key, sha, len(data), reused=reused, pending=pending)
@@ -212,24 +221,33 @@ class ContentStore:
                 continue
             yield path.relative_to(self.data_dir).as_posix()
 
-    def _link_new(self, directory: Path, path: Path, data: bytes, sha: str) -> bool:
-        """Write ``data`` to an unnamed file and link it to ``path``; True when ``path`` was
-        linked meanwhile by a concurrent put of the same bytes (``link`` never replaces it).
+    def _link_unnamed(self, directory: Path, path: Path, data: bytes) -> bool | None:
+        """Write ``data`` to an unnamed file and link it as ``path``: True when linked,
+        False when ``path`` exists already (``link`` never replaces it), None where unnamed
+        files are unavailable (then :meth:`_link_named`).
 
         On Linux the file is made with ``O_TMPFILE``: it has no name until ``linkat`` gives
         it its final one, so no temporary name is created and removed per instance, and a
-        crash before the link leaves nothing behind. Where ``O_TMPFILE`` or ``/proc`` is
-        missing, a named temporary file is written and linked instead. On a filesystem
-        without hard links (some network and object-storage mounts) the file is flushed
-        first and then renamed into place: a rename may replace a file that a concurrent
-        put of the same bytes named, but only with bytes already on disk, so no
-        acknowledged file is ever swapped for an unflushed one.
+        crash before the link leaves nothing behind.
         """
-        if self._unnamed:
-            try:
-                return _link_unnamed(directory, path, data)
-            except _NoUnnamedFilesError:
-                self._unnamed = False
+        if not self._unnamed:
+            return None
+        try:
+            return not _link_unnamed(directory, path, data)
+        except _NoUnnamedFilesError:
+            self._unnamed = False
+            return None
+
+    def _link_named(self, directory: Path, path: Path, data: bytes, sha: str) -> bool:
+        """Write a temporary file and link it to ``path``; True when ``path`` was linked
+        meanwhile by a concurrent put of the same bytes (``link`` never replaces it).
+
+        Where ``O_TMPFILE`` or ``/proc`` is missing. On a filesystem without hard links
+        (some network and object-storage mounts) the file is flushed first and then renamed
+        into place: a rename may replace a file that a concurrent put of the same bytes
+        named, but only with bytes already on disk, so no acknowledged file is ever swapped
+        for an unflushed one.
+        """
         tmp = directory / f".{sha}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
         try:
             with open(tmp, "wb") as fh:

@@ -231,13 +231,16 @@ def test_files_are_written_unnamed_and_linked_once_complete(
     monkeypatch.setattr(os, "open", recording_open)
     data = b"DICM" + os.urandom(100_000)
     stored = store.put(data)
+    inode = store.path_for(stored.storage_key).stat().st_ino
     again = store.put(data)
     monkeypatch.undo()
+    assert store.path_for(stored.storage_key).stat().st_ino == inode  # never replaced
     assert store.read(stored.storage_key) == data
     assert not stored.reused and again.reused
     tmpfile = store_module._O_TMPFILE
     assert tmpfile is not None
-    assert [flags & tmpfile == tmpfile for flags in opened] == [True]  # the second put reused
+    # Both puts link an unnamed file; the second finds the name taken and checks its bytes.
+    assert [flags & tmpfile == tmpfile for flags in opened] == [True, True]
     path = store.path_for(stored.storage_key)
     assert [p.name for p in path.parent.iterdir()] == [path.name]
     assert path.stat().st_nlink == 1
