@@ -26,7 +26,6 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -305,7 +304,9 @@ class _Settler:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._pending: list[tuple[asyncio.Future[IndexOutcome], Any, Any]] = []
+        self._pending: list[
+            tuple[asyncio.Future[IndexOutcome], IndexOutcome | None, BaseException | None]
+        ] = []
 
     def settle(
         self,

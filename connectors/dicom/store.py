@@ -34,8 +34,9 @@ group that already flushed it). New files are linked with ``link(2)``, which nev
 an existing name: a file that some group already flushed and acknowledged is never swapped
 for an unflushed copy. Checking the hash (rather than always rewriting) keeps that property.
 A put links first and looks second: the link of new bytes (the usual case) needs no lookup
-before it, and a duplicate, rare, costs the unnamed write that the failed link discards
-and then the read that checks the existing file.
+before it, and a duplicate, rare, costs the write that the refused link discards and then
+the read that checks the existing file. On a filesystem without hard links a put renames
+its flushed file into place, duplicate or not.
 
 After a failed flush the page cache may hold bytes the disk does not (Linux marks pages
 clean after a writeback error, and reports the error only once), so the paths of a failed
@@ -171,21 +172,16 @@ class ContentStore:
         pending = absolute if self._fsync else None
         try:
             directory = self._ensure_dir(path.parent)
-            suspect = absolute in _suspects
-            # New bytes (the usual case) are linked at once, without a lookup first; the
-            # name existing already is the rare case and is checked after.
-            linked = None if suspect else self._link_unnamed(directory, path, data)
-            if linked:
+            if absolute in _suspects:
+                self._repair(absolute, data, sha)  # rare: its group's flush failed
                 reused = False
+            elif not self._link(directory, path, data, sha):
+                reused = False  # new bytes, the usual case: linked without a lookup first
+            elif _holds(path, data, sha):
+                reused = True  # a duplicate or a retry: the bytes were checked
             else:
-                exists = linked is False or path.exists()
-                if suspect or (exists and not _holds(path, data, sha)):
-                    self._repair(absolute, data, sha)  # rare: a damaged orphan or a failed flush
-                    reused = False
-                elif exists:  # a duplicate or a retry: the bytes were checked
-                    reused = True
-                else:
-                    reused = self._link_named(directory, path, data, sha)
+                self._repair(absolute, data, sha)  # rare: a damaged orphan
+                reused = False
         except OSError as exc:
             raise StorageError(f"could not store file {sha[:12]}: {type(exc).__name__}") from exc
         return StoredFile(key, sha, len(data), reused=reused, pending=pending)
@@ -221,26 +217,25 @@ class ContentStore:
                 continue
             yield path.relative_to(self.data_dir).as_posix()
 
-    def _link_unnamed(self, directory: Path, path: Path, data: bytes) -> bool | None:
-        """Write ``data`` to an unnamed file and link it as ``path``: True when linked,
-        False when ``path`` exists already (``link`` never replaces it), None where unnamed
-        files are unavailable (then :meth:`_link_named`).
+    def _link(self, directory: Path, path: Path, data: bytes, sha: str) -> bool:
+        """Write ``data`` and link it as ``path``; True when the name was taken already
+        (``link`` never replaces it), and then nothing was linked.
 
         On Linux the file is made with ``O_TMPFILE``: it has no name until ``linkat`` gives
         it its final one, so no temporary name is created and removed per instance, and a
-        crash before the link leaves nothing behind.
+        crash before the link leaves nothing behind. Where that is unavailable, a named
+        temporary file (:meth:`_link_named`).
         """
-        if not self._unnamed:
-            return None
-        try:
-            return not _link_unnamed(directory, path, data)
-        except _NoUnnamedFilesError:
-            self._unnamed = False
-            return None
+        if self._unnamed:
+            try:
+                return _link_unnamed(directory, path, data)
+            except _NoUnnamedFilesError:
+                self._unnamed = False
+        return self._link_named(directory, path, data, sha)
 
     def _link_named(self, directory: Path, path: Path, data: bytes, sha: str) -> bool:
-        """Write a temporary file and link it to ``path``; True when ``path`` was linked
-        meanwhile by a concurrent put of the same bytes (``link`` never replaces it).
+        """Write a temporary file and link it to ``path``; True when the name was taken
+        (``link`` never replaces it).
 
         Where ``O_TMPFILE`` or ``/proc`` is missing. On a filesystem without hard links
         (some network and object-storage mounts) the file is flushed first and then renamed
